@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * S2: which socket a TLS object writes to. SSL_set_fd names it; the socket
+ * syscalls a thread makes while inside the TLS library (handshake, earlier
+ * writes) confirm or correct it; SSL_set_bio makes it unknown again. The
+ * ClientHello seen on the way gives the server name (S3).
+ */
+#ifndef KLOAK_CONN_BPF_H
+#define KLOAK_CONN_BPF_H
+
+#define TLS_HANDSHAKE 0x16
+#define TLS_CLIENT_HELLO 0x01
+#define TLS_EXT_SERVER_NAME 0
+#define TLS_MAX_EXTENSIONS 32
+
+static __always_inline struct kloak_conn_key conn_key(__u64 tls_ptr)
+{
+	struct kloak_conn_key key = {
+		.tgid = bpf_get_current_pid_tgid() >> 32,
+		.tls_ptr = tls_ptr,
+	};
+	return key;
+}
+
+static __always_inline void conn_event(__u64 cgroup_id, __u32 hook, int fd)
+{
+	struct kloak_event *e = event_reserve(KLOAK_EVENT_CONN_LEARNED, hook);
+	struct peer p = {};
+
+	count(KLOAK_CTR_CONN_LEARNED);
+	if (!e)
+		return;
+	event_set_task(e, cgroup_id);
+	e->fd = fd;
+	if (peer_of_fd(fd, &p)) {
+		e->addr = p.addr;
+		e->port = p.port;
+		e->family = p.family;
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Records that tls_ptr writes to fd; a changed fd forgets the old server name. */
+static __always_inline void conn_set_fd(__u64 cgroup_id, __u64 tls_ptr, int fd, __u32 hook)
+{
+	struct kloak_conn_key key = conn_key(tls_ptr);
+	struct kloak_conn *conn = bpf_map_lookup_elem(&conns, &key);
+	struct kloak_conn fresh = { .fd = fd, .flags = KLOAK_CONN_HAS_FD };
+
+	if (conn && conn->fd == fd && (conn->flags & KLOAK_CONN_HAS_FD))
+		return;
+	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	conn_event(cgroup_id, hook, fd);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(handle_ssl_set_fd, void *ssl, int fd)
+{
+	__u64 cgroup_id = enabled_cgroup();
+
+	if (cgroup_id && tcp_sock_of_fd(fd))
+		conn_set_fd(cgroup_id, (__u64)ssl, fd, KLOAK_HOOK_SSL_WRITE);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_UPROBE(handle_ssl_set_bio, void *ssl)
+{
+	struct kloak_conn_key key = conn_key((__u64)ssl);
+
+	if (enabled_cgroup())
+		bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_UPROBE(handle_ssl_handshake, void *ssl)
+{
+	struct kloak_tls_call call = { .tls_ptr = (__u64)ssl };
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	if (enabled_cgroup())
+		bpf_map_update_elem(&tls_calls, &tid, &call, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_URETPROBE(handle_ssl_handshake_ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&tls_calls, &tid);
+	return 0;
+}
+
+/* Reads the server name of a ClientHello record at buf into n (lower case). */
+static __always_inline bool client_hello_sni(const __u8 *buf, __u32 len, struct name_ctx *n)
+{
+	__u8 head[6];
+	__u16 u16;
+	__u8 u8;
+	__u32 off = 5 + 4 + 2 + 32, end;
+
+	if (len < off + 1 || bpf_probe_read_user(head, sizeof(head), buf))
+		return false;
+	if (head[0] != TLS_HANDSHAKE || head[5] != TLS_CLIENT_HELLO)
+		return false;
+	if (bpf_probe_read_user(&u8, 1, buf + off))          /* session id */
+		return false;
+	off += 1 + u8;
+	if (bpf_probe_read_user(&u16, 2, buf + off))         /* cipher suites */
+		return false;
+	off += 2 + bpf_ntohs(u16);
+	if (bpf_probe_read_user(&u8, 1, buf + off))          /* compression */
+		return false;
+	off += 1 + u8;
+	if (bpf_probe_read_user(&u16, 2, buf + off))         /* extensions */
+		return false;
+	off += 2;
+	end = off + bpf_ntohs(u16);
+	if (end > len)
+		end = len;
+	for (int i = 0; i < TLS_MAX_EXTENSIONS; i++) {
+		struct {
+			__u16 type;
+			__u16 len;
+		} ext;
+
+		if (off + 4 > end || bpf_probe_read_user(&ext, sizeof(ext), buf + off))
+			return false;
+		off += 4;
+		if (bpf_ntohs(ext.type) == TLS_EXT_SERVER_NAME) {
+			struct {
+				__u16 list_len;
+				__u8 type;
+				__u16 name_len;
+			} __attribute__((packed)) sni;
+			__u32 name_len;
+
+			if (bpf_probe_read_user(&sni, sizeof(sni), buf + off) || sni.type != 0)
+				return false;
+			name_len = bpf_ntohs(sni.name_len);
+			if (name_len == 0 || name_len >= KLOAK_NAME_MAX)
+				return false;
+			if (bpf_probe_read_user(n->name, name_len & (KLOAK_NAME_MAX - 1), buf + off + sizeof(sni)))
+				return false;
+			n->len = name_len;
+			for (__u32 j = 0; j < KLOAK_NAME_MAX; j++) {
+				char c = n->name[j];
+
+				if (j >= name_len)
+					break;
+				if (c >= 'A' && c <= 'Z')
+					n->name[j] = c + ('a' - 'A');
+			}
+			if (n->name[(name_len - 1) & (KLOAK_NAME_MAX - 1)] == '.')
+				n->len = name_len - 1;
+			return true;
+		}
+		off += bpf_ntohs(ext.len);
+	}
+	return false;
+}
+
+/* The server name of a ClientHello this connection sends decides which hosts it may be. */
+static __always_inline void conn_learn_sni(struct kloak_conn_key *key, const __u8 *buf, __u32 len)
+{
+	struct kloak_conn *conn = bpf_map_lookup_elem(&conns, key);
+	struct name_ctx *n;
+
+	if (!conn || len < 48)
+		return;
+	n = name_ctx_get(NAME_SLOT_TASK);
+	if (!n || !client_hello_sni(buf, len, n))
+		return;
+	name_match_all(n);
+	conn->flags |= KLOAK_CONN_HAS_SNI;
+	conn->sni_host_count = 0;
+	if (!name_ctx_intact(n))
+		return;                  /* scratch reused: no host matches (fail closed) */
+	for (__u32 i = 0; i < KLOAK_MAX_HOSTS; i++) {
+		if (i >= n->match.count)
+			break;
+		conn->sni_host_ids[i & (KLOAK_MAX_HOSTS - 1)] = n->match.ids[i & (KLOAK_MAX_HOSTS - 1)];
+		conn->sni_host_count = i + 1;
+	}
+}
+
+/* A socket write by a thread inside the TLS library: learn the object's fd. */
+static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct kloak_tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
+	struct kloak_conn_key key;
+	__u64 cgroup_id;
+
+	if (!call)
+		return;
+	cgroup_id = enabled_cgroup();
+	if (!cgroup_id || !tcp_sock_of_fd(fd))
+		return;
+	conn_set_fd(cgroup_id, call->tls_ptr, fd, KLOAK_HOOK_SYSCALL);
+	key = conn_key(call->tls_ptr);
+	if (buf)
+		conn_learn_sni(&key, buf, len);
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int handle_sys_write(struct trace_event_raw_sys_enter *ctx)
+{
+	on_socket_write((int)ctx->args[0], (const __u8 *)ctx->args[1], (__u32)ctx->args[2]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int handle_sys_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	on_socket_write((int)ctx->args[0], (const __u8 *)ctx->args[1], (__u32)ctx->args[2]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int handle_sys_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct user_msghdr msg = {};
+	struct iovec iov = {};
+
+	if (!bpf_map_lookup_elem(&tls_calls, &(__u32){ (__u32)bpf_get_current_pid_tgid() }))
+		return 0;
+	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ctx->args[1]) || !msg.msg_iov ||
+	    bpf_probe_read_user(&iov, sizeof(iov), msg.msg_iov))
+		on_socket_write((int)ctx->args[0], NULL, 0);
+	else
+		on_socket_write((int)ctx->args[0], iov.iov_base, (__u32)iov.iov_len);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int handle_sys_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	struct iovec iov = {};
+
+	if (!bpf_map_lookup_elem(&tls_calls, &(__u32){ (__u32)bpf_get_current_pid_tgid() }))
+		return 0;
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)ctx->args[1]))
+		on_socket_write((int)ctx->args[0], NULL, 0);
+	else
+		on_socket_write((int)ctx->args[0], iov.iov_base, (__u32)iov.iov_len);
+	return 0;
+}
+
+#endif

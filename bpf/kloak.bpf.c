@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/* The kloak data plane: TLS write hooks, connection attribution, DNS capture. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "common.bpf.h"
+#include "sock.bpf.h"
+#include "names.bpf.h"
+#include "dns.bpf.h"
+#include "conn.bpf.h"
+#include "rewrite.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* OpenSSL and BoringSSL: SSL_write(ssl, buf, int num), SSL_write_ex(ssl, buf, size_t num, ...). */
+static __always_inline int ssl_write_entry(struct pt_regs *ctx, __u32 hook, const bool can_write)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 ssl = PT_REGS_PARM1(ctx), buf = PT_REGS_PARM2(ctx), len = PT_REGS_PARM3(ctx);
+	struct kloak_tls_call call = { .tls_ptr = ssl, .buf = buf, .hook = hook };
+	struct kloak_conn_key key = conn_key(ssl);
+	struct write_ctx c = {};
+	__u32 tid = (__u32)pid_tgid;
+
+	count(KLOAK_CTR_WRITE_CALLS);
+	c.cgroup_id = enabled_cgroup();
+	if (!c.cgroup_id)
+		return 0;
+	count(KLOAK_CTR_WRITE_ENABLED);
+	if (hook == KLOAK_HOOK_SSL_WRITE)
+		len = (__u64)(__s64)(int)len;
+	if ((__s64)len <= 0)
+		return 0;
+	bpf_map_update_elem(&tls_calls, &tid, &call, BPF_ANY);
+	c.hook = hook;
+	c.fd = -1;
+	c.conn = bpf_map_lookup_elem(&conns, &key);
+	if (c.conn && (c.conn->flags & KLOAK_CONN_HAS_FD))
+		c.fd = c.conn->fd;
+	c.rkey.tgid = pid_tgid >> 32;
+	c.rkey.tid = tid;
+	return on_tls_write(&c, buf, len, can_write);
+}
+
+static __always_inline void ssl_write_exit(const bool can_write)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct kloak_restore_key key = { .tgid = pid_tgid >> 32, .tid = tid };
+
+	if (bpf_map_delete_elem(&tls_calls, &tid))
+		return;                  /* not a write kloak looked at */
+	if (can_write)
+		restore_all(&key);
+}
+
+SEC("uprobe")
+int handle_ssl_write_rw(struct pt_regs *ctx)
+{
+	return ssl_write_entry(ctx, KLOAK_HOOK_SSL_WRITE, true);
+}
+
+SEC("uprobe")
+int handle_ssl_write_ro(struct pt_regs *ctx)
+{
+	return ssl_write_entry(ctx, KLOAK_HOOK_SSL_WRITE, false);
+}
+
+SEC("uprobe")
+int handle_ssl_write_ex_rw(struct pt_regs *ctx)
+{
+	return ssl_write_entry(ctx, KLOAK_HOOK_SSL_WRITE_EX, true);
+}
+
+SEC("uprobe")
+int handle_ssl_write_ex_ro(struct pt_regs *ctx)
+{
+	return ssl_write_entry(ctx, KLOAK_HOOK_SSL_WRITE_EX, false);
+}
+
+SEC("uretprobe")
+int handle_ssl_write_ret_rw(struct pt_regs *ctx)
+{
+	ssl_write_exit(true);
+	return 0;
+}
+
+SEC("uretprobe")
+int handle_ssl_write_ret_ro(struct pt_regs *ctx)
+{
+	ssl_write_exit(false);
+	return 0;
+}
+
+/*
+ * Go crypto/tls.(*Conn).Write(b []byte), register ABI: receiver in RAX, b in
+ * RBX/RCX, the goroutine in R14. The fd comes from the receiver itself: its
+ * net.Conn must be a *net.TCPConn (itab compared), whose netFD holds Sysfd.
+ */
+static __always_inline int go_conn_fd(struct pt_regs *ctx, __u64 conn)
+{
+	__u32 index = (__u32)bpf_get_attach_cookie(ctx);
+	struct kloak_target *target = bpf_map_lookup_elem(&targets, &index);
+	struct {
+		__u64 itab;
+		__u64 data;
+	} iface;
+	__u64 bias, netfd;
+	__s64 sysfd;
+
+	if (!target || !target->go_tcpconn_itab || !conn)
+		return -1;
+	bias = PT_REGS_IP(ctx) - target->func_vaddr;
+	if (bpf_probe_read_user(&iface, sizeof(iface), (void *)conn) ||
+	    iface.itab != target->go_tcpconn_itab + bias || !iface.data)
+		return -1;
+	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)iface.data) || !netfd ||
+	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + target->go_fd_offset)))
+		return -1;
+	return sysfd >= 0 && sysfd < 0x7fffffff ? (int)sysfd : -1;
+}
+
+static __always_inline int go_write_entry(struct pt_regs *ctx, const bool can_write)
+{
+	struct write_ctx c = {};
+
+	count(KLOAK_CTR_WRITE_CALLS);
+	c.cgroup_id = enabled_cgroup();
+	if (!c.cgroup_id)
+		return 0;
+	count(KLOAK_CTR_WRITE_ENABLED);
+	c.hook = KLOAK_HOOK_GO_WRITE;
+	c.fd = go_conn_fd(ctx, ctx->ax);
+	c.rkey.tgid = bpf_get_current_pid_tgid() >> 32;
+	c.rkey.goroutine = ctx->r14;
+	return on_tls_write(&c, ctx->bx, ctx->cx, can_write);
+}
+
+SEC("uprobe")
+int handle_go_write_rw(struct pt_regs *ctx)
+{
+	return go_write_entry(ctx, true);
+}
+
+SEC("uprobe")
+int handle_go_write_ro(struct pt_regs *ctx)
+{
+	return go_write_entry(ctx, false);
+}
+
+/* Uprobes on the RET instructions of Write: Go stacks move, so no uretprobe. */
+SEC("uprobe")
+int handle_go_write_ret_rw(struct pt_regs *ctx)
+{
+	struct kloak_restore_key key = {
+		.tgid = bpf_get_current_pid_tgid() >> 32,
+		.goroutine = ctx->r14,
+	};
+
+	if (enabled_cgroup())
+		restore_all(&key);
+	return 0;
+}
+
+/* Keep every boundary type in BTF so the Rust side is generated from it. */
+struct kloak_event kloak_event_ = {};
+struct kloak_secret_key kloak_secret_key_ = {};
+struct kloak_binding_key kloak_binding_key_ = {};
+struct kloak_verified_key kloak_verified_key_ = {};
+struct kloak_verified kloak_verified_ = {};
+struct kloak_name_key kloak_name_key_ = {};
+struct kloak_name kloak_name_ = {};
+struct kloak_resolver_key kloak_resolver_key_ = {};
+struct kloak_target kloak_target_ = {};
+struct kloak_conn_key kloak_conn_key_ = {};
+struct kloak_conn kloak_conn_ = {};
+enum kloak_event_kind kloak_event_kind_ = 0;
+enum kloak_reason kloak_reason_ = 0;
+enum kloak_hook kloak_hook_ = 0;
+enum kloak_counter kloak_counter_ = 0;
+enum kloak_rewrite_mode kloak_rewrite_mode_ = 0;
+enum kloak_secret_flags kloak_secret_flags_ = 0;
+enum kloak_limits kloak_limits_ = 0;

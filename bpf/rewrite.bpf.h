@@ -1,0 +1,439 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The write path: find placeholders in a TLS write, compare each in full
+ * against the user's own buffer (S7), decide by binding, connection, port,
+ * host and server name (S2, S3, S6), rewrite in place, and remember where,
+ * so the placeholder can be written back after the library is done (S5).
+ *
+ * Programs come in two builds of the same code: *_rw may call
+ * bpf_probe_write_user, *_ro never does, so it loads on kernels in lockdown
+ * (observe mode). The loader picks one.
+ */
+#ifndef KLOAK_REWRITE_BPF_H
+#define KLOAK_REWRITE_BPF_H
+
+#define K8 0x6b6b6b6b6b6b6b6bULL     /* "kkkkkkkk" */
+#define LOW_BITS 0x0101010101010101ULL
+#define HIGH_BITS 0x8080808080808080ULL
+#define CMP_CHUNK 64
+
+struct write_ctx {
+	__u64 buf;                       /* user address of the plaintext */
+	__u32 len;                       /* bytes scanned (<= KLOAK_SCAN_MAX) */
+	__u32 total;                     /* bytes in the write */
+	__u64 cgroup_id;
+	__u64 now;
+	__u32 hook;
+	__s32 fd;                        /* socket the object writes to, -1 unknown */
+	__u32 peer_state;                /* 0 not read, 1 known, 2 unknown */
+	__u32 next_free;                 /* candidates before this lie inside a match */
+	struct peer peer;
+	struct kloak_conn *conn;
+	struct scan_scratch *scratch;
+	struct kloak_restore_key rkey;
+	/* full comparison state */
+	struct kloak_secret *secret;
+	__u64 cmp_addr;
+	__u32 cmp_equal;
+	__u8 chunk[CMP_CHUNK];
+};
+
+static __always_inline struct write_ctx *ctx_of(void *data)
+{
+	return data;
+}
+
+/* One 8-byte word of the scan: any 'k' may start "kloak:". */
+static long scan_step(__u64 index, void *data)
+{
+	struct write_ctx *c = ctx_of(data);
+	struct scan_scratch *s = c->scratch;
+	__u32 off = ((__u32)index * 8) & (KLOAK_SCAN_MAX - 8);
+	__u64 word, x, hit;
+
+	if (!s || (__u32)index * 8 >= c->len)
+		return 1;
+	word = *(__u64 *)&s->buf[off];
+	x = word ^ K8;
+	hit = (x - LOW_BITS) & ~x & HIGH_BITS;
+	if (!hit)
+		return 0;
+	for (__u32 b = 0; b < 8; b++) {
+		__u32 p = (off + b) & (KLOAK_SCAN_MAX - 1);
+		__u8 *at = &s->buf[p];
+
+		if (!(hit & (0x80ULL << (b * 8))))
+			continue;
+		if (off + b + KLOAK_PREFIX_LEN > c->len)
+			break;
+		if (at[0] != 'k' || at[1] != 'l' || at[2] != 'o' || at[3] != 'a' || at[4] != 'k' || at[5] != ':')
+			continue;
+		__u32 n = s->count;
+
+		if (n < KLOAK_MAX_MATCHES)
+			s->cand[n] = p;
+		s->count = n + 1;
+	}
+	return 0;
+}
+
+/* Compares one chunk of the user's buffer with the secret's placeholder. */
+static long cmp_step(__u64 index, void *data)
+{
+	struct write_ctx *c = ctx_of(data);
+	struct kloak_secret *secret = c->secret;
+	__u32 off = (__u32)index * CMP_CHUNK, n;
+
+	if (!secret || off >= secret->len || off >= KLOAK_MAX_SECRET)
+		return 1;
+	n = secret->len - off;
+	if (n > CMP_CHUNK)
+		n = CMP_CHUNK;
+	barrier_var(n);
+	n &= CMP_CHUNK * 2 - 1;
+	if (n == 0 || n > CMP_CHUNK)
+		return 1;
+	if (bpf_probe_read_user(c->chunk, n, (void *)(c->cmp_addr + off))) {
+		c->cmp_equal = 0;
+		return 1;
+	}
+	for (__u32 j = 0; j < CMP_CHUNK; j++) {
+		if (j >= n)
+			break;
+		if (c->chunk[j] != secret->placeholder[(off + j) & (KLOAK_MAX_SECRET - 1)]) {
+			c->cmp_equal = 0;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* S7: the whole placeholder, as it is in user memory now. */
+static __always_inline bool placeholder_equal(struct write_ctx *c, struct kloak_secret *secret, __u64 addr)
+{
+	c->secret = secret;
+	c->cmp_addr = addr;
+	c->cmp_equal = 1;
+	bpf_loop((KLOAK_MAX_SECRET + CMP_CHUNK - 1) / CMP_CHUNK, cmp_step, c, 0);
+	return c->cmp_equal;
+}
+
+/*
+ * The secret a placeholder at addr belongs to. Keys are its first 16 bytes,
+ * zero padded when shorter, so a 12..16 byte prefix is tried from the longest;
+ * the masks keep the construction branch-free for the verifier.
+ */
+static __always_inline struct kloak_secret *secret_at(__u64 addr, __u32 avail, struct kloak_secret_key *key)
+{
+	__u64 raw[2] = {};
+	__u32 n = avail < KLOAK_KEY_LEN ? avail : KLOAK_KEY_LEN;
+
+	barrier_var(n);
+	n &= KLOAK_KEY_LEN * 2 - 1;
+	if (n < KLOAK_MIN_SECRET || n > KLOAK_KEY_LEN || bpf_probe_read_user(raw, n, (void *)addr))
+		return NULL;
+	for (__u32 k = KLOAK_KEY_LEN; k >= KLOAK_MIN_SECRET; k--) {
+		struct kloak_secret *secret;
+		__u64 high_mask = k >= 16 ? ~0ULL : (1ULL << ((k - 8) * 8)) - 1;
+		__u64 words[2] = { raw[0], raw[1] & high_mask };
+
+		if (k > n)
+			continue;
+		__builtin_memcpy(key->bytes, words, sizeof(words));
+		secret = bpf_map_lookup_elem(&secrets, key);
+		if (secret)
+			return secret;
+	}
+	return NULL;
+}
+
+static __always_inline void resolve_peer(struct write_ctx *c)
+{
+	if (c->peer_state)
+		return;
+	c->peer_state = (c->fd >= 0 && peer_of_fd(c->fd, &c->peer)) ? 1 : 2;
+}
+
+static __always_inline bool sni_allows(struct kloak_conn *conn, __u32 host_id)
+{
+	if (!conn || !(conn->flags & KLOAK_CONN_HAS_SNI))
+		return true;
+	for (__u32 i = 0; i < KLOAK_MAX_HOSTS; i++) {
+		if (i >= conn->sni_host_count)
+			break;
+		if (conn->sni_host_ids[i & (KLOAK_MAX_HOSTS - 1)] == host_id)
+			return true;
+	}
+	return false;
+}
+
+struct host_loop {
+	struct write_ctx *c;
+	struct kloak_secret *secret;
+	__u32 reason;
+	__u32 allowed;
+};
+
+/* One allowed host of the secret: is the peer verified for it, and still? */
+static long host_step(__u64 index, void *data)
+{
+	struct host_loop *h = data;
+	struct write_ctx *c = h->c;
+	struct kloak_verified_key vkey = {};
+	struct kloak_verified *v;
+	__u32 i = (__u32)index;
+
+	if (i >= h->secret->host_count || i >= KLOAK_MAX_HOSTS)
+		return 1;
+	vkey.addr = c->peer.addr;
+	vkey.host_id = h->secret->host_ids[i & (KLOAK_MAX_HOSTS - 1)];
+	v = bpf_map_lookup_elem(&verified, &vkey);
+	if (!v)
+		return 0;
+	if (v->expires_ns <= c->now) {
+		h->reason = KLOAK_REASON_DNS_EXPIRED;
+		return 0;
+	}
+	if (!sni_allows(c->conn, vkey.host_id)) {
+		h->reason = KLOAK_REASON_SNI_MISMATCH;
+		return 0;
+	}
+	h->allowed = 1;
+	return 1;
+}
+
+/* KLOAK_REASON_NONE when this secret may go to this connection from this cgroup. */
+static __always_inline __u32 policy_check(struct write_ctx *c, struct kloak_secret *secret)
+{
+	struct kloak_binding_key binding = { .cgroup_id = c->cgroup_id, .secret_id = secret->id };
+	struct host_loop h = { .c = c, .secret = secret, .reason = KLOAK_REASON_HOST_NOT_ALLOWED };
+
+	if (!bpf_map_lookup_elem(&bindings, &binding))
+		return KLOAK_REASON_NOT_BOUND;
+	if ((secret->flags & KLOAK_SECRET_ANY_HOST) && secret->port == 0)
+		return KLOAK_REASON_NONE;
+	resolve_peer(c);
+	if (c->peer_state != 1)
+		return KLOAK_REASON_UNVERIFIED_CONNECTION;
+	if (secret->port && secret->port != c->peer.port)
+		return KLOAK_REASON_PORT_MISMATCH;
+	if (secret->flags & KLOAK_SECRET_ANY_HOST)
+		return KLOAK_REASON_NONE;
+	bpf_loop(KLOAK_MAX_HOSTS, host_step, &h, 0);
+	return h.allowed ? KLOAK_REASON_NONE : h.reason;
+}
+
+static __always_inline void tls_event(struct write_ctx *c, __u32 kind, __u32 reason,
+				      struct kloak_secret *secret, __u32 offset)
+{
+	struct kloak_event *e = event_reserve(kind, c->hook);
+
+	if (!e)
+		return;
+	event_set_task(e, c->cgroup_id);
+	e->reason = reason;
+	e->secret_id = secret ? secret->id : 0;
+	e->offset = offset;
+	e->fd = c->fd;
+	if (c->peer_state == 1) {
+		e->addr = c->peer.addr;
+		e->port = c->peer.port;
+		e->family = c->peer.family;
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void blocked(struct write_ctx *c, __u32 reason, struct kloak_secret *secret, __u32 offset)
+{
+	count_blocked(reason);
+	tls_event(c, KLOAK_EVENT_TLS_BLOCKED, reason, secret, offset);
+}
+
+/* The per-writer restore list, created empty on first use. */
+static __always_inline struct kloak_restore *restore_list(struct write_ctx *c)
+{
+	struct kloak_restore *list = bpf_map_lookup_elem(&restores, &c->rkey);
+	__u32 zero = 0;
+
+	if (list)
+		return list;
+	list = bpf_map_lookup_elem(&restore_zero, &zero);
+	if (!list || bpf_map_update_elem(&restores, &c->rkey, list, BPF_NOEXIST))
+		return NULL;
+	list = bpf_map_lookup_elem(&restores, &c->rkey);
+	if (list)
+		list->count = 0;
+	return list;
+}
+
+/* One "kloak:" at offset p: decide and, in the rw build, rewrite. */
+static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const bool can_write)
+{
+	struct kloak_secret_key key;
+	struct kloak_secret *secret;
+	struct kloak_restore *list;
+	__u64 addr = c->buf + p;
+	__u32 avail = c->total - p, len, reason, n;
+
+	count(KLOAK_CTR_CANDIDATES);
+	secret = secret_at(addr, avail, &key);
+	if (!secret) {
+		if (avail < KLOAK_MIN_SECRET)
+			blocked(c, KLOAK_REASON_SPLIT_PLACEHOLDER, NULL, p);
+		return;
+	}
+	len = secret->len;
+	if (len > avail) {
+		blocked(c, KLOAK_REASON_SPLIT_PLACEHOLDER, secret, p);
+		return;
+	}
+	if (len < KLOAK_MIN_SECRET || len > KLOAK_MAX_SECRET || !placeholder_equal(c, secret, addr))
+		return;
+	count(KLOAK_CTR_MATCHES);
+	c->next_free = p + len;
+	reason = policy_check(c, secret);
+	if (reason != KLOAK_REASON_NONE) {
+		blocked(c, reason, secret, p);
+		return;
+	}
+	if (!can_write) {
+		blocked(c, KLOAK_REASON_REWRITE_UNAVAILABLE, secret, p);
+		return;
+	}
+	list = restore_list(c);
+	if (!list || list->count >= KLOAK_MAX_MATCHES) {
+		blocked(c, KLOAK_REASON_TOO_MANY_PLACEHOLDERS, secret, p);
+		return;
+	}
+	/*
+	 * Writing the placeholder over itself first proves every page of the
+	 * range writable, so the real value is then written whole or not at all
+	 * (S4: never a partial secret).
+	 */
+	barrier_var(len);
+	len &= KLOAK_MAX_SECRET * 2 - 1;
+	if (len == 0 || len > KLOAK_MAX_SECRET)
+		return;
+	if (bpf_probe_write_user((void *)addr, secret->placeholder, len) ||
+	    bpf_probe_write_user((void *)addr, secret->value, len)) {
+		bpf_probe_write_user((void *)addr, secret->placeholder, len);
+		blocked(c, KLOAK_REASON_WRITE_REFUSED, secret, p);
+		return;
+	}
+	n = list->count;
+	if (n < KLOAK_MAX_MATCHES) {
+		list->entries[n].addr = addr;
+		list->entries[n].key = key;
+		list->count = n + 1;
+	}
+	count(KLOAK_CTR_REWRITTEN);
+	tls_event(c, KLOAK_EVENT_TLS_REWRITTEN, KLOAK_REASON_NONE, secret, p);
+}
+
+#define DEFINE_CANDIDATE_STEP(name, can_write)                                   \
+	static long name(__u64 index, void *data)                                \
+	{                                                                        \
+		struct write_ctx *c = ctx_of(data);                              \
+		struct scan_scratch *s = c->scratch;                             \
+		__u32 p;                                                         \
+                                                                                 \
+		if (!s || index >= s->count || index >= KLOAK_MAX_MATCHES)       \
+			return 1;                                                \
+		p = s->cand[index];                                              \
+		if (p >= c->len || p < c->next_free)                             \
+			return 0;                                                \
+		handle_candidate(c, p, can_write);                               \
+		return 0;                                                        \
+	}
+
+DEFINE_CANDIDATE_STEP(candidate_step_rw, true)
+DEFINE_CANDIDATE_STEP(candidate_step_ro, false)
+
+/* A TLS write from an enabled cgroup (c->cgroup_id set): everything up to the rewrite. */
+static __always_inline int on_tls_write(struct write_ctx *c, __u64 buf, __u64 len, const bool can_write)
+{
+	__u32 zero = 0, n;
+	struct scan_scratch *s;
+
+	if (!buf || len < KLOAK_MIN_SECRET)
+		return 0;
+	s = bpf_map_lookup_elem(&scan_buf, &zero);
+	if (!s)
+		return 0;
+	c->buf = buf;
+	c->total = len > 0xffffffffULL ? 0xffffffff : (__u32)len;
+	c->len = c->total;
+	if (c->len > KLOAK_SCAN_MAX) {
+		c->len = KLOAK_SCAN_MAX;
+		count(KLOAK_CTR_SCAN_TRUNCATED);
+	}
+	c->now = bpf_ktime_get_boot_ns();
+	c->scratch = s;
+	s->owner = (__u32)bpf_get_current_pid_tgid();
+	s->count = 0;
+	n = c->len;
+	barrier_var(n);
+	n &= KLOAK_SCAN_MAX * 2 - 1;
+	if (n == 0 || n > KLOAK_SCAN_MAX || bpf_probe_read_user(s->buf, n, (void *)buf))
+		return 0;
+	count_n(KLOAK_CTR_BYTES_SCANNED, c->len);
+	bpf_loop((c->len + 7) / 8, scan_step, c, 0);
+	if (s->count == 0)
+		return 0;
+	if (can_write)
+		bpf_loop(KLOAK_MAX_MATCHES, candidate_step_rw, c, 0);
+	else
+		bpf_loop(KLOAK_MAX_MATCHES, candidate_step_ro, c, 0);
+	return 0;
+}
+
+/* Exit of a TLS write: put the placeholders back (S5). */
+struct restore_loop {
+	struct kloak_restore *list;
+};
+
+static long restore_step(__u64 index, void *data)
+{
+	struct kloak_restore *list = ((struct restore_loop *)data)->list;
+	struct kloak_restore_entry *entry;
+	struct kloak_secret *secret;
+	__u32 i = (__u32)index, len;
+
+	if (i >= list->count || i >= KLOAK_MAX_MATCHES)
+		return 1;
+	entry = &list->entries[i];
+	secret = bpf_map_lookup_elem(&secrets, &entry->key);
+	len = secret ? secret->len : 0;
+	barrier_var(len);
+	len &= KLOAK_MAX_SECRET * 2 - 1;
+	if (secret && len > 0 && len <= KLOAK_MAX_SECRET &&
+	    !bpf_probe_write_user((void *)entry->addr, secret->placeholder, len)) {
+		count(KLOAK_CTR_RESTORED);
+		return 0;
+	}
+	count_blocked(KLOAK_REASON_RESTORE_FAILED);
+	{
+		struct kloak_event *e = event_reserve(KLOAK_EVENT_TLS_BLOCKED, 0);
+
+		if (e) {
+			event_set_task(e, 0);
+			e->reason = KLOAK_REASON_RESTORE_FAILED;
+			e->secret_id = secret ? secret->id : 0;
+			bpf_ringbuf_submit(e, 0);
+		}
+	}
+	return 0;
+}
+
+static __always_inline void restore_all(struct kloak_restore_key *key)
+{
+	struct restore_loop loop = { .list = bpf_map_lookup_elem(&restores, key) };
+
+	if (!loop.list)
+		return;
+	if (loop.list->count)
+		bpf_loop(KLOAK_MAX_MATCHES, restore_step, &loop, 0);
+	bpf_map_delete_elem(&restores, key);
+}
+
+#endif

@@ -1,0 +1,578 @@
+//! The thread that owns the BPF skeleton.
+//!
+//! libbpf objects are not `Send`, so one named OS thread opens, loads,
+//! attaches and polls them; the async side talks to it over channels:
+//! commands in, typed events out.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder, TracepointCategory, UprobeOpts};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, trace, warn};
+
+use super::events::Event;
+use super::maps::{MapName, MapOp};
+use super::skel::bytes_of;
+use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
+use super::skel::types::{kloak_counter, kloak_rewrite_mode, kloak_target};
+use super::targets::{FileId, TlsTarget};
+
+#[derive(Debug, Error)]
+pub enum LoaderError {
+    #[error("loading the BPF programs failed: {0}")]
+    Load(String),
+    #[error("updating map {map} failed: {source}")]
+    Map {
+        map: &'static str,
+        source: libbpf_rs::Error,
+    },
+    #[error("attaching {what} failed: {source}")]
+    Attach {
+        what: String,
+        source: libbpf_rs::Error,
+    },
+    #[error("opening {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the data plane thread has stopped")]
+    Stopped,
+}
+
+/// How the data plane should run.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    /// Pinned maps and links live here (`/sys/fs/bpf/kloak/<instance>`).
+    pub pin_dir: PathBuf,
+    /// Keep pins when the process exits, for the next one to adopt.
+    pub persist: bool,
+    /// Load the programs that rewrite (the kernel must allow user writes).
+    pub rewrite: bool,
+    /// Why rewriting is off, for the kernel's own record.
+    pub observe_reason: ObserveReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObserveReason {
+    Lockdown,
+    Requested,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, LoaderError>>;
+
+enum Command {
+    Apply(Vec<MapOp>, Reply<()>),
+    AttachDns(PathBuf, Reply<()>),
+    AttachTarget(PathBuf, FileId, TlsTarget, Reply<usize>),
+    Counters(Reply<Vec<u64>>),
+    Shutdown,
+}
+
+/// Handle to the loader thread.
+pub struct DataPlane {
+    commands: std_mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const EVENT_QUEUE: usize = 4096;
+/// Maps that describe state; scratch and per-call maps are not pinned.
+const PINNED_MAPS: &[&str] = &[
+    "cgroups",
+    "secrets",
+    "bindings",
+    "names",
+    "verified",
+    "resolvers",
+    "dns_queries",
+    "conns",
+    "targets",
+    "counters",
+    "events",
+];
+
+impl DataPlane {
+    /// Loads the programs on a new thread; returns once they are loaded or failed.
+    pub fn start(config: LoaderConfig) -> Result<(Self, mpsc::Receiver<Event>), LoaderError> {
+        let (commands, inbox) = std_mpsc::channel();
+        let (events, outbox) = mpsc::channel(EVENT_QUEUE);
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("kloak-bpf".into())
+            .spawn(move || run(config, inbox, events, ready_tx))
+            .map_err(|source| LoaderError::Io {
+                path: "thread".into(),
+                source,
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok((
+                Self {
+                    commands,
+                    thread: Some(thread),
+                },
+                outbox,
+            )),
+            Ok(Err(err)) => {
+                let _ = thread.join();
+                Err(err)
+            }
+            Err(_) => Err(LoaderError::Stopped),
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LoaderError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| LoaderError::Stopped)?;
+        rx.await.map_err(|_| LoaderError::Stopped)?
+    }
+
+    pub async fn apply(&self, ops: Vec<MapOp>) -> Result<(), LoaderError> {
+        self.call(|reply| Command::Apply(ops, reply)).await
+    }
+
+    /// Captures DNS answers for the processes of this cgroup (v2 directory).
+    pub async fn attach_dns(&self, cgroup: &Path) -> Result<(), LoaderError> {
+        let cgroup = cgroup.to_path_buf();
+        self.call(|reply| Command::AttachDns(cgroup, reply)).await
+    }
+
+    /// Hooks a TLS library or Go binary; returns how many probes were attached.
+    pub async fn attach_target(
+        &self,
+        path: &Path,
+        id: FileId,
+        target: TlsTarget,
+    ) -> Result<usize, LoaderError> {
+        let path = path.to_path_buf();
+        self.call(|reply| Command::AttachTarget(path, id, target, reply))
+            .await
+    }
+
+    /// Sums of the per-CPU counters, indexed by `kloak_counter`.
+    pub async fn counters(&self) -> Result<Vec<u64>, LoaderError> {
+        self.call(Command::Counters).await
+    }
+
+    /// Detaches (unless pins persist) and joins the thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    config: LoaderConfig,
+    inbox: std_mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    ready: std_mpsc::Sender<Result<(), LoaderError>>,
+) {
+    let mut object = MaybeUninit::uninit();
+    let mut loaded = match load(&config, &mut object) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    let ring = {
+        let mut builder = RingBufferBuilder::new();
+        let sender = events.clone();
+        let added = builder.add(&loaded.skel.maps.events, move |bytes: &[u8]| {
+            match Event::decode(bytes) {
+                Ok(event) => {
+                    trace!(?event, "data plane event");
+                    if sender.try_send(event).is_err() {
+                        debug!("event queue full, event dropped");
+                    }
+                }
+                Err(err) => warn!(%err, "undecodable ring-buffer record"),
+            }
+            0
+        });
+        let built = match added {
+            Ok(_) => builder.build(),
+            Err(err) => Err(err),
+        };
+        match built {
+            Ok(ring) => ring,
+            Err(source) => {
+                let _ = ready.send(Err(LoaderError::Attach {
+                    what: "ring buffer".into(),
+                    source,
+                }));
+                return;
+            }
+        }
+    };
+    let _ = ready.send(Ok(()));
+    info!(rewrite = config.rewrite, pin_dir = %config.pin_dir.display(), "data plane loaded");
+    loop {
+        if let Err(err) = ring.poll(POLL_INTERVAL) {
+            warn!(%err, "ring buffer poll failed");
+        }
+        loop {
+            match inbox.try_recv() {
+                Ok(Command::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => {
+                    let _ = ring.consume();
+                    loaded.teardown(&config);
+                    return;
+                }
+                Ok(command) => loaded.handle(command),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+            }
+        }
+    }
+}
+
+struct Loaded<'obj> {
+    skel: KloakSkel<'obj>,
+    links: Vec<Link>,
+    attached: BTreeSet<(FileId, u64, &'static str)>,
+    next_target: u32,
+    rewrite: bool,
+}
+
+fn load<'obj>(
+    config: &LoaderConfig,
+    object: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+) -> Result<Loaded<'obj>, LoaderError> {
+    let mut open = KloakSkelBuilder::default()
+        .open(object)
+        .map_err(|err| LoaderError::Load(format!("{err:#}")))?;
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.cfg_rewrite_mode = if config.rewrite {
+            kloak_rewrite_mode::KLOAK_MODE_REWRITE.0
+        } else if config.observe_reason == ObserveReason::Lockdown {
+            kloak_rewrite_mode::KLOAK_MODE_OBSERVE_LOCKDOWN.0
+        } else {
+            kloak_rewrite_mode::KLOAK_MODE_OBSERVE_REQUESTED.0
+        };
+    }
+    for mut program in open.open_object_mut().progs_mut() {
+        let name = program.name().to_string_lossy().into_owned();
+        if name.ends_with("_rw") {
+            program.set_autoload(config.rewrite);
+        } else if name.ends_with("_ro") {
+            program.set_autoload(!config.rewrite);
+        }
+    }
+    let maps_dir = config.pin_dir.join("maps");
+    for mut map in open.open_object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        let pinned = maps_dir.join(&name);
+        if PINNED_MAPS.contains(&name.as_str()) && pinned.exists() {
+            map.reuse_pinned_map(&pinned).map_err(|err| {
+                LoaderError::Load(format!("adopting {}: {err:#}", pinned.display()))
+            })?;
+            info!(map = %name, "adopted pinned map");
+        }
+    }
+    let mut skel = open
+        .load()
+        .map_err(|err| LoaderError::Load(format!("{err:#}")))?;
+    fs::create_dir_all(&maps_dir).map_err(|source| LoaderError::Io {
+        path: maps_dir.clone(),
+        source,
+    })?;
+    for mut map in skel.object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        if PINNED_MAPS.contains(&name.as_str()) && !map.is_pinned() {
+            map.pin(maps_dir.join(&name))
+                .map_err(|source| LoaderError::Attach {
+                    what: format!("pin of map {name}"),
+                    source,
+                })?;
+        }
+    }
+    let mut links = Vec::new();
+    let syscalls = [
+        (&skel.progs.handle_sys_write, "sys_enter_write"),
+        (&skel.progs.handle_sys_sendto, "sys_enter_sendto"),
+        (&skel.progs.handle_sys_sendmsg, "sys_enter_sendmsg"),
+        (&skel.progs.handle_sys_writev, "sys_enter_writev"),
+    ];
+    for (program, tracepoint) in syscalls {
+        links.push(
+            program
+                .attach_tracepoint(TracepointCategory::Syscalls, tracepoint)
+                .map_err(|source| LoaderError::Attach {
+                    what: format!("tracepoint syscalls/{tracepoint}"),
+                    source,
+                })?,
+        );
+    }
+    Ok(Loaded {
+        skel,
+        links,
+        attached: BTreeSet::new(),
+        next_target: 0,
+        rewrite: config.rewrite,
+    })
+}
+
+impl Loaded<'_> {
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Apply(ops, reply) => {
+                let _ = reply.send(self.apply(ops));
+            }
+            Command::AttachDns(cgroup, reply) => {
+                let _ = reply.send(self.attach_dns(&cgroup));
+            }
+            Command::AttachTarget(path, id, target, reply) => {
+                let _ = reply.send(self.attach_target(&path, id, &target));
+            }
+            Command::Counters(reply) => {
+                let _ = reply.send(self.counters());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn map(&self, name: MapName) -> &libbpf_rs::Map<'_> {
+        let maps = &self.skel.maps;
+        match name {
+            MapName::Cgroups => &maps.cgroups,
+            MapName::Secrets => &maps.secrets,
+            MapName::Bindings => &maps.bindings,
+            MapName::Names => &maps.names,
+            MapName::Verified => &maps.verified,
+            MapName::Resolvers => &maps.resolvers,
+        }
+    }
+
+    fn apply(&mut self, ops: Vec<MapOp>) -> Result<(), LoaderError> {
+        for op in ops {
+            let map = self.map(op.map);
+            let result = match &op.value {
+                Some(value) => map.update(&op.key, value, MapFlags::ANY),
+                // Deleting what is already gone is the state we want.
+                None => match map.delete(&op.key) {
+                    Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                },
+            };
+            result.map_err(|source| LoaderError::Map {
+                map: op.map.as_str(),
+                source,
+            })?;
+            trace!(
+                map = op.map.as_str(),
+                delete = op.value.is_none(),
+                "map updated"
+            );
+        }
+        Ok(())
+    }
+
+    fn attach_dns(&mut self, cgroup: &Path) -> Result<(), LoaderError> {
+        let dir = fs::File::open(cgroup).map_err(|source| LoaderError::Io {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        for program in [
+            &self.skel.progs.handle_dns_ingress,
+            &self.skel.progs.handle_dns_egress,
+        ] {
+            let link =
+                program
+                    .attach_cgroup(dir.as_raw_fd())
+                    .map_err(|source| LoaderError::Attach {
+                        what: format!("DNS capture on cgroup {}", cgroup.display()),
+                        source,
+                    })?;
+            self.links.push(link);
+        }
+        info!(cgroup = %cgroup.display(), "DNS capture attached");
+        Ok(())
+    }
+
+    fn uprobe(
+        &mut self,
+        program: &'static str,
+        path: &Path,
+        id: FileId,
+        offset: u64,
+        retprobe: bool,
+        cookie: u64,
+    ) -> Result<usize, LoaderError> {
+        if !self.attached.insert((id, offset, program)) {
+            return Ok(0);
+        }
+        let progs = &self.skel.progs;
+        let prog = match program {
+            "handle_ssl_write_rw" => &progs.handle_ssl_write_rw,
+            "handle_ssl_write_ro" => &progs.handle_ssl_write_ro,
+            "handle_ssl_write_ex_rw" => &progs.handle_ssl_write_ex_rw,
+            "handle_ssl_write_ex_ro" => &progs.handle_ssl_write_ex_ro,
+            "handle_ssl_write_ret_rw" => &progs.handle_ssl_write_ret_rw,
+            "handle_ssl_write_ret_ro" => &progs.handle_ssl_write_ret_ro,
+            "handle_ssl_handshake" => &progs.handle_ssl_handshake,
+            "handle_ssl_handshake_ret" => &progs.handle_ssl_handshake_ret,
+            "handle_ssl_set_fd" => &progs.handle_ssl_set_fd,
+            "handle_ssl_set_bio" => &progs.handle_ssl_set_bio,
+            "handle_go_write_rw" => &progs.handle_go_write_rw,
+            "handle_go_write_ro" => &progs.handle_go_write_ro,
+            _ => &progs.handle_go_write_ret_rw,
+        };
+        let opts = UprobeOpts {
+            retprobe,
+            cookie,
+            ..Default::default()
+        };
+        let link = prog
+            .attach_uprobe_with_opts(-1, path, offset as usize, opts)
+            .map_err(|source| LoaderError::Attach {
+                what: format!("{program} at {}+{offset:#x}", path.display()),
+                source,
+            })?;
+        self.links.push(link);
+        Ok(1)
+    }
+
+    fn attach_target(
+        &mut self,
+        path: &Path,
+        id: FileId,
+        target: &TlsTarget,
+    ) -> Result<usize, LoaderError> {
+        let rw = self.rewrite;
+        let pick =
+            |rw_name: &'static str, ro_name: &'static str| if rw { rw_name } else { ro_name };
+        let mut attached = 0;
+        match target {
+            TlsTarget::OpenSsl(ssl) => {
+                let write = pick("handle_ssl_write_rw", "handle_ssl_write_ro");
+                let ret = pick("handle_ssl_write_ret_rw", "handle_ssl_write_ret_ro");
+                attached += self.uprobe(write, path, id, ssl.ssl_write.file_offset, false, 0)?;
+                attached += self.uprobe(ret, path, id, ssl.ssl_write.file_offset, true, 0)?;
+                if let Some(ex) = &ssl.ssl_write_ex {
+                    let write_ex = pick("handle_ssl_write_ex_rw", "handle_ssl_write_ex_ro");
+                    attached += self.uprobe(write_ex, path, id, ex.file_offset, false, 0)?;
+                    attached += self.uprobe(ret, path, id, ex.file_offset, true, 0)?;
+                }
+                for symbol in [&ssl.do_handshake, &ssl.connect].into_iter().flatten() {
+                    attached += self.uprobe(
+                        "handle_ssl_handshake",
+                        path,
+                        id,
+                        symbol.file_offset,
+                        false,
+                        0,
+                    )?;
+                    attached += self.uprobe(
+                        "handle_ssl_handshake_ret",
+                        path,
+                        id,
+                        symbol.file_offset,
+                        true,
+                        0,
+                    )?;
+                }
+                for symbol in [&ssl.set_fd, &ssl.set_wfd].into_iter().flatten() {
+                    attached +=
+                        self.uprobe("handle_ssl_set_fd", path, id, symbol.file_offset, false, 0)?;
+                }
+                if let Some(symbol) = &ssl.set_bio {
+                    attached +=
+                        self.uprobe("handle_ssl_set_bio", path, id, symbol.file_offset, false, 0)?;
+                }
+            }
+            TlsTarget::Go(go) => {
+                let index = self.next_target;
+                self.next_target += 1;
+                let record = kloak_target {
+                    func_vaddr: go.write.vaddr,
+                    go_tcpconn_itab: go.tcpconn_itab_vaddr.unwrap_or(0),
+                    go_fd_offset: GO_NETFD_SYSFD_OFFSET,
+                    ..Default::default()
+                };
+                self.skel
+                    .maps
+                    .targets
+                    .update(&index.to_ne_bytes(), bytes_of(&record), MapFlags::ANY)
+                    .map_err(|source| LoaderError::Map {
+                        map: "targets",
+                        source,
+                    })?;
+                let write = pick("handle_go_write_rw", "handle_go_write_ro");
+                let cookie = u64::from(index);
+                attached += self.uprobe(write, path, id, go.write.file_offset, false, cookie)?;
+                if rw {
+                    for &ret in &go.ret_offsets {
+                        attached +=
+                            self.uprobe("handle_go_write_ret_rw", path, id, ret, false, cookie)?;
+                    }
+                }
+            }
+        }
+        info!(path = %path.display(), probes = attached, "TLS target hooked");
+        Ok(attached)
+    }
+
+    fn counters(&self) -> Result<Vec<u64>, LoaderError> {
+        let map = &self.skel.maps.counters;
+        (0..kloak_counter::KLOAK_CTR_MAX.0)
+            .map(|index| {
+                let per_cpu = map
+                    .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(|source| LoaderError::Map {
+                        map: "counters",
+                        source,
+                    })?
+                    .unwrap_or_default();
+                Ok(per_cpu
+                    .iter()
+                    .filter_map(|bytes| bytes.get(..8))
+                    .filter_map(|bytes| bytes.try_into().ok())
+                    .map(u64::from_ne_bytes)
+                    .sum())
+            })
+            .collect()
+    }
+
+    fn teardown(&mut self, config: &LoaderConfig) {
+        self.links.clear();
+        if config.persist {
+            return;
+        }
+        for mut map in self.skel.object_mut().maps_mut() {
+            if map.is_pinned() {
+                let path = PathBuf::from(map.get_pin_path().unwrap_or_default());
+                if let Err(err) = map.unpin(&path) {
+                    warn!(path = %path.display(), %err, "unpin failed");
+                }
+            }
+        }
+        let _ = fs::remove_dir(config.pin_dir.join("maps"));
+        let _ = fs::remove_dir(&config.pin_dir);
+        info!("data plane detached");
+    }
+}
+
+/// `poll.FD.Sysfd` inside `net.netFD`: after `fdmu fdMutex` (16 bytes), stable since Go 1.9.
+const GO_NETFD_SYSFD_OFFSET: u32 = 16;

@@ -1,0 +1,11 @@
+//! The eBPF data plane: skeleton, loader thread, map records, events, kernel probes.
+
+pub mod events;
+pub mod loader;
+pub mod maps;
+pub mod probes;
+pub mod skel;
+pub mod targets;
+
+pub use events::{Event, EventKind, Reason};
+pub use loader::{DataPlane, LoaderConfig, ObserveReason};

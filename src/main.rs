@@ -1,0 +1,37 @@
+//! The `kloak` binary: parse the command line, start logging, dispatch.
+
+use clap::Parser;
+
+use kloak::cli::{Cli, Command};
+use kloak::{run, telemetry};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(err) = telemetry::init(&cli.global) {
+        eprintln!("kloak: {err:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kloak: cannot start the async runtime: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(err) => {
+            eprintln!("kloak: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
