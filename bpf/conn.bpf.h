@@ -24,10 +24,11 @@ static __always_inline struct kloak_conn_key conn_key(__u64 tls_ptr)
 
 static __always_inline void conn_event(__u64 cgroup_id, __u32 hook, int fd)
 {
-	struct kloak_event *e = event_reserve(KLOAK_EVENT_CONN_LEARNED, hook);
+	struct kloak_event *e;
 	struct peer p = {};
 
 	count(KLOAK_CTR_CONN_LEARNED);
+	e = event_reserve(KLOAK_EVENT_CONN_LEARNED, hook);
 	if (!e)
 		return;
 	event_set_task(e, cgroup_id);

@@ -324,9 +324,10 @@ int handle_dns_egress(struct __sk_buff *skb)
 	    (is_resolver(&v.src, v.sport) ||
 	     (v.sport == DNS_PORT && (bpf_ntohs(hdr.flags) & DNS_QR)))) {
 		/* A protected workload speaking as a DNS server: never let it through. */
-		struct kloak_event *e = event_reserve(KLOAK_EVENT_DNS_REJECTED, KLOAK_HOOK_DNS);
+		struct kloak_event *e;
 
 		count(KLOAK_CTR_DNS_FORGED_DROPPED);
+		e = event_reserve(KLOAK_EVENT_DNS_REJECTED, KLOAK_HOOK_DNS);
 		if (e) {
 			e->reason = KLOAK_REASON_DNS_FORGED_BY_WORKLOAD;
 			e->cgroup_id = cgroup_id;

@@ -312,7 +312,7 @@ static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const
 	 */
 	barrier_var(len);
 	len &= KLOAK_MAX_SECRET * 2 - 1;
-	if (len == 0 || len > KLOAK_MAX_SECRET)
+	if (len < KLOAK_MIN_SECRET || len > KLOAK_MAX_SECRET)
 		return;
 	if (bpf_probe_write_user((void *)addr, secret->placeholder, len) ||
 	    bpf_probe_write_user((void *)addr, secret->value, len)) {
@@ -335,11 +335,13 @@ static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const
 	{                                                                        \
 		struct write_ctx *c = ctx_of(data);                              \
 		struct scan_scratch *s = c->scratch;                             \
+		__u64 i = index;                                                 \
 		__u32 p;                                                         \
                                                                                  \
-		if (!s || index >= s->count || index >= KLOAK_MAX_MATCHES)       \
+		barrier_var(i);                                                  \
+		if (!s || i >= s->count || i >= KLOAK_MAX_MATCHES)               \
 			return 1;                                                \
-		p = s->cand[index];                                              \
+		p = s->cand[i];                                                  \
 		if (p >= c->len || p < c->next_free)                             \
 			return 0;                                                \
 		handle_candidate(c, p, can_write);                               \
@@ -397,8 +399,10 @@ static long restore_step(__u64 index, void *data)
 	struct kloak_restore *list = ((struct restore_loop *)data)->list;
 	struct kloak_restore_entry *entry;
 	struct kloak_secret *secret;
-	__u32 i = (__u32)index, len;
+	__u64 i = index;
+	__u32 len;
 
+	barrier_var(i);
 	if (i >= list->count || i >= KLOAK_MAX_MATCHES)
 		return 1;
 	entry = &list->entries[i];
@@ -406,7 +410,7 @@ static long restore_step(__u64 index, void *data)
 	len = secret ? secret->len : 0;
 	barrier_var(len);
 	len &= KLOAK_MAX_SECRET * 2 - 1;
-	if (secret && len > 0 && len <= KLOAK_MAX_SECRET &&
+	if (secret && len >= KLOAK_MIN_SECRET && len <= KLOAK_MAX_SECRET &&
 	    !bpf_probe_write_user((void *)entry->addr, secret->placeholder, len)) {
 		count(KLOAK_CTR_RESTORED);
 		return 0;

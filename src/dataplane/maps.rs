@@ -326,7 +326,7 @@ mod tests {
             1,
             secret(
                 "kloak:ABCDEFGHJK0123",
-                "sk-live-12345678",
+                "sk-live-12345678abcd",
                 "api.example.com,*.example.org,10.0.0.1",
                 Some(443),
             ),
@@ -358,22 +358,19 @@ mod tests {
         let mut hosts = BTreeMap::new();
         let s = secret(
             "kloak:ABCDEFGHJK0123",
-            "sk-live-12345678",
+            "sk-live-12345678abcd",
             "api.example.com",
             Some(8443),
         );
         let kernel = secret_record(3, &s, &mut hosts).expect("record");
         assert_eq!(
             (kernel.id, kernel.len, kernel.port, kernel.host_count),
-            (3, 16, 8443, 1)
+            (3, 20, 8443, 1)
         );
-        assert_eq!(
-            &kernel.placeholder[..16],
-            b"kloak:ABCDEFGHJK0123"[..16].as_ref()
-        );
-        assert_eq!(&kernel.value[..16], b"sk-live-12345678");
+        assert_eq!(&kernel.placeholder[..16], &b"kloak:ABCDEFGHJK0123"[..16]);
+        assert_eq!(&kernel.value[..20], b"sk-live-12345678abcd");
         assert_eq!(kernel.flags, 0);
-        let any = secret("kloak:ABCDEFGHJK0123", "sk-live-12345678", "", None);
+        let any = secret("kloak:ABCDEFGHJK0123", "sk-live-12345678abcd", "", None);
         assert_eq!(
             secret_record(4, &any, &mut hosts).expect("record").flags,
             kloak_secret_flags::KLOAK_SECRET_ANY_HOST.0 as u16
@@ -391,7 +388,7 @@ mod tests {
         let mut s = state();
         s.secrets.insert(
             2,
-            secret("kloak:ABCDEFGHJK0123", "sk-live-87654321", "", None),
+            secret("kloak:ABCDEFGHJK0123", "sk-live-87654321abcd", "", None),
         );
         assert_eq!(
             s.records().err(),

@@ -82,7 +82,11 @@ impl TlsTarget {
 }
 
 const GO_WRITE: &str = "crypto/tls.(*Conn).Write";
-const GO_TCPCONN_ITAB: &str = "go:itab.*net.TCPConn,net.Conn";
+/// Go 1.20 renamed "go.itab.*" to "go:itab.*"; both are in use.
+const GO_TCPCONN_ITABS: &[&str] = &[
+    "go:itab.*net.TCPConn,net.Conn",
+    "go.itab.*net.TCPConn,net.Conn",
+];
 
 struct Elf<'a> {
     path: &'a Path,
@@ -181,7 +185,9 @@ pub fn inspect(path: &Path) -> Result<Option<TlsTarget>, TargetError> {
         let ret_offsets = elf.ret_offsets(&write);
         return Ok(Some(TlsTarget::Go(GoTarget {
             ret_offsets,
-            tcpconn_itab_vaddr: elf.data_symbol_addr(GO_TCPCONN_ITAB),
+            tcpconn_itab_vaddr: GO_TCPCONN_ITABS
+                .iter()
+                .find_map(|name| elf.data_symbol_addr(name)),
             write,
         })));
     }

@@ -33,7 +33,8 @@ use self::cgroup::RunCgroup;
 use self::report::{Names, Reporter};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/kloak";
-const SECRETS_ROOT: &str = "/run/kloak";
+/// Placeholder files go to tmpfs: /run when writable, else the temp dir.
+const SECRETS_ROOTS: &[&str] = &["/run/kloak", "/dev/shm/kloak"];
 
 struct Prepared {
     state: DesiredState,
@@ -305,8 +306,15 @@ impl SecretsDir {
         placeholders: &[(String, Placeholder)],
         owner: Option<u32>,
     ) -> anyhow::Result<Self> {
-        let path = Path::new(SECRETS_ROOT).join(instance);
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut roots: Vec<PathBuf> = SECRETS_ROOTS.iter().map(PathBuf::from).collect();
+        roots.push(std::env::temp_dir().join("kloak"));
+        let path = roots
+            .iter()
+            .map(|root| root.join(instance))
+            .find(|path| fs::create_dir_all(path).is_ok())
+            .with_context(|| {
+                format!("no writable directory for placeholder files among {roots:?}")
+            })?;
         let dir = Self { path };
         fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?;
         for (name, placeholder) in placeholders {

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# End-to-end scenarios for `kloak run`: real clients, a real TLS server, a real
+# DNS server, the real data plane. Used by the host tier (this machine's kernel,
+# where lockdown forbids rewriting) and by the VM tier (Debian kernels, where
+# rewriting works).
+#
+# usage: scenarios.sh --expect rewrite|observe
+#   rewrite: allowed requests must carry the real value
+#   observe: nothing may carry the real value; events say "rewrite_unavailable"
+# Needs root. Build first: cargo build, and scripts/build-test-clients.sh.
+# Prints PASS/FAIL per check and ends with "N passed, N failed".
+set -uo pipefail
+
+EXPECT=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --expect) EXPECT=$2; shift 2 ;;
+    *) echo "usage: $0 --expect rewrite|observe" >&2; exit 2 ;;
+  esac
+done
+case $EXPECT in rewrite|observe) ;; *) echo "usage: $0 --expect rewrite|observe" >&2; exit 2 ;; esac
+
+E2E=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$E2E/../.." && pwd)
+KLOAK=${KLOAK:-$ROOT/target/debug/kloak}
+CLIENTS=${CLIENTS:-$ROOT/target/e2e}
+CERTS=$CLIENTS/certs
+GOCLIENT=$CLIENTS/goclient
+WORK=${E2E_WORK:-$(mktemp -d /tmp/kloak-e2e.XXXXXX)}
+mkdir -p "$WORK"
+# shellcheck source=tests/e2e/lib.sh
+. "$E2E/lib.sh"
+trap cleanup EXIT
+
+for need in "$KLOAK" "$GOCLIENT" "$CERTS/server.pem"; do
+  [ -e "$need" ] || { echo "missing $need: build it first"; echo "0 passed, 1 failed"; exit 1; }
+done
+[ "$(id -u)" -eq 0 ] || { echo "scenarios need root"; echo "0 passed, 1 failed"; exit 1; }
+
+export SSL_CERT_FILE=$CERTS/ca.pem CURL_CA_BUNDLE=$CERTS/ca.pem
+SECRET=sk-live-0123456789abcdefXYZ
+OTHER_SECRET=ghp_Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1
+printf '%s\n' "$SECRET" > "$WORK/api_key"
+printf '%s\n' "$OTHER_SECRET" > "$WORK/other_key"
+AUTH='Authorization: Bearer $API_KEY'
+
+start_tls_server 127.0.0.1:8443 "$WORK/a.rec" || exit 1
+start_tls_server 127.0.0.2:8443 "$WORK/b.rec" || exit 1
+start_dns_server 127.0.0.53:53 "$WORK/dns.log" \
+  --record allowed.kloak.test=127.0.0.1 --record other.kloak.test=127.0.0.2 \
+  --record short.kloak.test=127.0.0.1,1 --record zero.kloak.test=127.0.0.1,0 \
+  --record api.wild.kloak.test=127.0.0.1 || exit 1
+start_dns_server 127.0.0.54:53 "$WORK/evil-dns.log" --record allowed.kloak.test=127.0.0.2 || exit 1
+
+# The standard policy: the secret may go to allowed.kloak.test:8443 only.
+run_allowed() { # NAME CMD...
+  local name=$1; shift
+  : > "$WORK/a.rec"; : > "$WORK/b.rec"
+  RESOLVER=127.0.0.53 kloak_run "$name" --secret "API_KEY=@$WORK/api_key" \
+    --allow-host allowed.kloak.test --port 8443 --dns-server 127.0.0.53 -- "$@"
+}
+
+# check_delivery NAME RECORD: the allowed server got the real value (rewrite)
+# or only the placeholder (observe), and the matching event was emitted.
+check_delivery() {
+  local name=$1 record=$2 got
+  got=$(received "$record")
+  if [ "$EXPECT" = rewrite ]; then
+    if grep -qF "$SECRET" <<<"$got" && ! grep -q 'kloak:' <<<"$got"; then pass "$name: server received the real value"
+    else fail "$name" "server did not receive the real value: $(head -c 300 <<<"$got")"; fi
+    events_have "$name" '"event":"rewritten"' && pass "$name: rewritten event" || fail "$name" "no rewritten event"
+  else
+    if grep -q 'kloak:' <<<"$got" && ! grep -qF "$SECRET" <<<"$got"; then pass "$name: server received the placeholder only"
+    else fail "$name" "server did not receive the placeholder: $(head -c 300 <<<"$got")"; fi
+    events_have "$name" '"reason":"rewrite_unavailable"' && pass "$name: rewrite_unavailable event" \
+      || fail "$name" "no rewrite_unavailable event"
+  fi
+}
+
+# check_placeholder NAME RECORD REASON: placeholder only, and the event says why.
+check_placeholder() {
+  local name=$1 record=$2 reason=$3 got
+  got=$(received "$record")
+  if grep -q 'kloak:' <<<"$got" && ! grep -qF "$SECRET" <<<"$got"; then pass "$name: placeholder only"
+  else fail "$name" "expected the placeholder only: $(head -c 300 <<<"$got")"; fi
+  events_have "$name" "\"reason\":\"$reason\"" && pass "$name: event reason $reason" \
+    || fail "$name" "no event with reason $reason: $(cat "$WORK/$name.events" 2>/dev/null | head -c 600)"
+}
+
+# 1-3: each client, allowed host.
+run_allowed curl sh -c "curl -sS -m 10 -H \"$AUTH\" https://allowed.kloak.test:8443/"
+check_delivery curl "$WORK/a.rec"
+run_allowed python python3 "$E2E/pyclient.py" --url https://allowed.kloak.test:8443/ \
+  --header "$AUTH" --body 'token=$API_KEY'
+check_delivery python "$WORK/a.rec"
+# S5: pyclient exits 1 when the bytes object it sent lost the placeholder.
+grep -q "S5 VIOLATION" "$WORK/python.log" "$WORK/python.out" && fail python "buffer kept the real value (S5)" \
+  || pass "python: buffer holds the placeholder after the write (S5)"
+run_allowed go "$GOCLIENT" -url https://allowed.kloak.test:8443/ -header "$AUTH"
+check_delivery go "$WORK/a.rec"
+
+# 4: S2, a second connection from the same process to another address.
+run_allowed second-conn "$GOCLIENT" -url https://allowed.kloak.test:8443/ -url https://127.0.0.2:8443/ -header "$AUTH"
+check_delivery second-conn "$WORK/a.rec"
+check_placeholder second-conn "$WORK/b.rec" host_not_allowed
+run_allowed second-conn-curl sh -c "curl -sS -m 10 -H \"$AUTH\" https://allowed.kloak.test:8443/ --next -sS -m 10 -H \"$AUTH\" https://127.0.0.2:8443/"
+check_placeholder second-conn-curl "$WORK/b.rec" host_not_allowed
+
+# 5: S3, a forged DNS answer from an untrusted resolver points the allowed name at server B.
+: > "$WORK/a.rec"; : > "$WORK/b.rec"
+RESOLVER=127.0.0.54 kloak_run forged-dns --secret "API_KEY=@$WORK/api_key" \
+  --allow-host allowed.kloak.test --port 8443 --dns-server 127.0.0.53 -- \
+  sh -c "curl -sS -m 10 -H \"$AUTH\" https://allowed.kloak.test:8443/"
+check_placeholder forged-dns "$WORK/b.rec" host_not_allowed
+events_have forged-dns '"reason":"dns_untrusted_source"' && pass "forged-dns: answer from untrusted resolver ignored" \
+  || fail forged-dns "no dns_untrusted_source event"
+
+# 6: port mismatch.
+: > "$WORK/a.rec"
+RESOLVER=127.0.0.53 kloak_run port --secret "API_KEY=@$WORK/api_key" \
+  --allow-host allowed.kloak.test --port 9443 --dns-server 127.0.0.53 -- \
+  sh -c "curl -sS -m 10 -H \"$AUTH\" https://allowed.kloak.test:8443/"
+check_placeholder port "$WORK/a.rec" port_mismatch
+
+# 7: expired TTL (1 s, used after 2 s) and TTL 0 (never cached).
+: > "$WORK/a.rec"
+RESOLVER=127.0.0.53 kloak_run ttl --secret "API_KEY=@$WORK/api_key" \
+  --allow-host short.kloak.test --dns-server 127.0.0.53 -- \
+  python3 "$E2E/pyclient.py" --raw short.kloak.test:8443 --wait-after-resolve 2 --header "$AUTH"
+check_placeholder ttl "$WORK/a.rec" dns_expired
+: > "$WORK/a.rec"
+RESOLVER=127.0.0.53 kloak_run ttl0 --secret "API_KEY=@$WORK/api_key" \
+  --allow-host zero.kloak.test --dns-server 127.0.0.53 -- \
+  sh -c "curl -sS -m 10 -H \"$AUTH\" https://zero.kloak.test:8443/"
+check_placeholder ttl0 "$WORK/a.rec" host_not_allowed
+events_have ttl0 '"reason":"dns_ttl_zero"' && pass "ttl0: TTL 0 answer not cached" || fail ttl0 "no dns_ttl_zero event"
+
+# 8: a placeholder split across two writes.
+run_allowed split python3 "$E2E/pyclient.py" --raw allowed.kloak.test:8443 --split --header "$AUTH"
+check_placeholder split "$WORK/a.rec" split_placeholder
+
+# 9: two secrets, one of them twice, in one 16 KiB write (wildcard policy).
+: > "$WORK/a.rec"
+PAD=$(head -c 15000 /dev/zero | tr '\0' 'x')
+RESOLVER=127.0.0.53 kloak_run multi --secret "API_KEY=@$WORK/api_key" --secret "OTHER_KEY=@$WORK/other_key" \
+  --allow-host '*.wild.kloak.test' --dns-server 127.0.0.53 -- \
+  python3 "$E2E/pyclient.py" --url https://api.wild.kloak.test:8443/ \
+  --body "a=\$API_KEY&pad=$PAD&b=\$OTHER_KEY&c=\$API_KEY"
+got=$(received "$WORK/a.rec")
+if [ "$EXPECT" = rewrite ]; then
+  n=$(grep -oF "$SECRET" <<<"$got" | wc -l); m=$(grep -oF "$OTHER_SECRET" <<<"$got" | wc -l)
+  [ "$n" -eq 2 ] && [ "$m" -eq 1 ] && ! grep -q 'kloak:' <<<"$got" && pass "multi: all three placeholders rewritten" \
+    || fail multi "expected 2+1 real values, got $n+$m"
+else
+  [ "$(grep -o 'kloak:' <<<"$got" | wc -l)" -eq 3 ] && pass "multi: three placeholders seen, none rewritten" \
+    || fail multi "expected three placeholders"
+  [ "$(grep -c '"reason":"rewrite_unavailable"' "$WORK/multi.events")" -eq 3 ] && pass "multi: three decisions" \
+    || fail multi "expected three rewrite_unavailable events"
+fi
+
+# 10: S7, the first 16 bytes of a placeholder followed by other bytes are never touched.
+: > "$WORK/a.rec"
+run_allowed prefix sh -c 'python3 "$0" --url https://allowed.kloak.test:8443/ --body "bin=$(printf %s "$API_KEY" | head -c 16)ZZZZZZZZZZZZZZZZZZZZZZZZ"' "$E2E/pyclient.py"
+got=$(received "$WORK/a.rec")
+if grep -q 'bin=kloak:.\{10\}ZZZZZZZZZZZZZZZZZZZZZZZZ' <<<"$got" && ! grep -qF "$SECRET" <<<"$got"; then
+  pass "prefix: partial placeholder left untouched (S7)"
+else fail prefix "partial placeholder was modified: $(head -c 300 <<<"$got")"; fi
+grep -q '"event":"rewritten"\|"event":"blocked"' "$WORK/prefix.events" && fail prefix "a decision was made on a partial placeholder" \
+  || pass "prefix: no decision on a partial placeholder"
+
+# 11: S6, a process outside kloak run using a live placeholder gets nothing.
+: > "$WORK/a.rec"
+RESOLVER=127.0.0.53 kloak_run outsider --secret "API_KEY=@$WORK/api_key" \
+  --allow-host allowed.kloak.test --dns-server 127.0.0.53 -- \
+  sh -c 'printf %s "$API_KEY" > "$0"; sleep 3' "$WORK/leaked" &
+runner=$!
+for _ in $(seq 1 100); do [ -s "$WORK/leaked" ] && break; sleep 0.1; done
+curl -sS -m 10 -H "Authorization: Bearer $(cat "$WORK/leaked")" https://127.0.0.1:8443/ > /dev/null
+wait $runner
+got=$(received "$WORK/a.rec")
+grep -q 'kloak:' <<<"$got" && ! grep -qF "$SECRET" <<<"$got" && pass "outsider: placeholder only (S6)" \
+  || fail outsider "an outside process got the secret"
+
+# 12: S1, the real value never appears in any log line (trace level), event or output.
+if grep -rlF "$SECRET" "$WORK"/*.log "$WORK"/*.out "$WORK"/*.events 2>/dev/null; then
+  fail no-leak "the real value appears in the files above"
+else pass "no-leak: real value absent from trace logs, events and outputs"; fi
+grep -q 'kloak=trace\|TRACE' "$WORK/curl.log" && pass "no-leak: trace logging was on" || fail no-leak "trace logs missing"
+
+summary
