@@ -1,0 +1,3 @@
+module kloak.test/goclient
+
+go 1.19
