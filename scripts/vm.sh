@@ -20,6 +20,13 @@
 #   GUEST_COMMAND  argv to run; a single argument is run as a bash snippet (`-- 'uname -r; ls /'`).
 #               It runs as root in the caller's current directory, stdin is /dev/null.
 #
+# Guest: 3 GiB, 2 vCPUs, no network device (only lo, up, with 127.0.0.1 and 127.0.0.2). / is the host's
+# root, read-only (9p, cache=loose); private /tmp, /run, /dev/shm; fresh proc, sysfs, devtmpfs, tracefs
+# (/sys/kernel/tracing), bpffs (/sys/fs/bpf), securityfs, debugfs and a pure cgroup2 at /sys/fs/cgroup.
+# Modules: virtio_pci, 9p, 9pnet_virtio and their dependencies (resolved with modinfo), plus veth,
+# sch_netem, sch_prio when present. The command sees KLOAK_VM=1, KLOAK_VM_KERNEL, KLOAK_VM_SHARE.
+# Kernel and initramfs messages, then the command's output, are streamed to stdout.
+#
 # Exit code: the guest command's own exit code; 2 when the guest never reached the command (the last
 # console lines are printed); 124 when the command started but did not finish within --timeout;
 # 64 for usage errors.
@@ -333,8 +340,8 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg -m 3072 -smp 2 \
       *SeaBIOS*|*iPXE*|'Booting from'*|'') continue ;;
       'vm-guest: started kernel '*)
         now=$EPOCHREALTIME
-        printf 'vm: kernel %s booted in %.1fs\n' "${line#vm-guest: started kernel }" \
-          "$(echo "$now - $start" | bc 2>/dev/null || awk "BEGIN{print $now - $start}")" ;;
+        printf 'vm: kernel %s booted in %ss\n' "${line#vm-guest: started kernel }" \
+          "$(awk -v a="$start" -v b="$now" 'BEGIN { printf "%.1f", b - a }')" ;;
       *) printf '%s\n' "$line" ;;
     esac
   done

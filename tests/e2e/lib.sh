@@ -52,8 +52,10 @@ kloak_run() {
   local name=$1; shift
   local conf=$WORK/resolv.$RESOLVER.conf
   printf 'nameserver %s\noptions attempts:1 timeout:2\n' "$RESOLVER" > "$conf"
+  local start=$SECONDS
   KLOAK_LOG=trace unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$conf" \
-    timeout 60 "$KLOAK" run --events "$WORK/$name.events" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log"
+    timeout 120 "$KLOAK" run --events "$WORK/$name.events" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log"
+  echo "ran $name in $((SECONDS - start))s"
 }
 
 events_have() { # NAME JQ-LIKE-SUBSTRING

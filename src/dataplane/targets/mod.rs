@@ -1,0 +1,295 @@
+//! Finding the TLS write functions kloak hooks with uprobes.
+//!
+//! Uprobes are attached once per file (keyed by device and inode) at *file
+//! offsets*, so everything here reports both the link-time virtual address of
+//! a symbol (useful for logs and for comparing with runtime values) and the
+//! offset of its first byte in the ELF file (what the kernel wants).
+//!
+//! Two kinds of targets are recognised:
+//! - OpenSSL and BoringSSL, either as a shared `libssl.so*` or linked
+//!   statically into an executable that exports the `SSL_*` symbols (`node`).
+//! - Go executables, where `crypto/tls.(*Conn).Write` is hooked on entry and on
+//!   every RET instruction (uretprobes corrupt Go stacks, which move).
+
+mod elf;
+mod go;
+mod procfs;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub use procfs::{parse_maps, process_tls_files, MapsEntry};
+
+/// A function (or data object) located in an ELF file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Symbol {
+    /// Link-time virtual address (`st_value`).
+    pub vaddr: u64,
+    /// Offset of the first byte in the file, where a uprobe is attached.
+    pub file_offset: u64,
+    /// Size in bytes (`st_size`).
+    pub size: u64,
+}
+
+/// Which TLS library a file carries, guessed from marker symbols. Only used
+/// for logs and for choosing argument layouts that differ between flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SslFlavour {
+    OpenSsl3,
+    OpenSsl11,
+    BoringSsl,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSslTarget {
+    pub ssl_write: Symbol,
+    pub ssl_write_ex: Option<Symbol>,
+    pub do_handshake: Option<Symbol>,
+    pub connect: Option<Symbol>,
+    pub set_fd: Option<Symbol>,
+    pub set_wfd: Option<Symbol>,
+    pub set_bio: Option<Symbol>,
+    pub flavour: SslFlavour,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoTarget {
+    /// `crypto/tls.(*Conn).Write`.
+    pub write: Symbol,
+    /// File offsets of every RET instruction inside `write`, in address order.
+    pub ret_offsets: Vec<u64>,
+    /// Address of `go:itab.*net.TCPConn,net.Conn`: comparing it with the itab
+    /// word of the `net.Conn` interface inside `tls.Conn` tells whether the
+    /// underlying connection is a plain TCP socket whose fd can be followed.
+    pub tcpconn_itab_vaddr: Option<u64>,
+    /// For example `go1.19.8`, from `.go.buildinfo` (or `runtime.buildVersion`).
+    pub go_version: Option<String>,
+    /// `ET_DYN`: runtime addresses are link-time addresses plus a load bias.
+    pub is_pie: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsTarget {
+    OpenSsl(OpenSslTarget),
+    Go(GoTarget),
+}
+
+/// Identity of a file for "attach once per file" bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+
+    #[error("{}: malformed ELF file: {source}", path.display())]
+    Elf {
+        path: PathBuf,
+        source: object::read::Error,
+    },
+
+    #[error("{}: {symbol} at {vaddr:#x} (size {size}) is not backed by a PT_LOAD segment of the file", path.display())]
+    NotInFile {
+        path: PathBuf,
+        symbol: String,
+        vaddr: u64,
+        size: u64,
+    },
+
+    /// A Go executable without `.symtab` (built with `-ldflags=-s` or run
+    /// through `strip`). Not hookable until `.gopclntab` is parsed; callers
+    /// should report it as a skipped file rather than a failure.
+    #[error("{}: Go binary ({}) has no symbol table (stripped), cannot locate crypto/tls.(*Conn).Write", path.display(), go_version.as_deref().unwrap_or("unknown version"))]
+    GoStripped {
+        path: PathBuf,
+        go_version: Option<String>,
+    },
+
+    #[error("{}: Go binary for ELF machine {machine} is not supported (RET offsets are only computed for x86-64)", path.display())]
+    GoUnsupportedArch { path: PathBuf, machine: u16 },
+
+    #[error("{}: cannot decode the instruction at {vaddr:#x} inside crypto/tls.(*Conn).Write", path.display())]
+    GoDecode { path: PathBuf, vaddr: u64 },
+
+    #[error("{}: crypto/tls.(*Conn).Write at {vaddr:#x} contains no RET instruction", path.display())]
+    GoNoRet { path: PathBuf, vaddr: u64 },
+
+    #[error("cannot inspect process through {}: {source}", path.display())]
+    Proc { path: PathBuf, source: io::Error },
+}
+
+impl TargetError {
+    /// True when the file was read fine but kloak cannot hook it (as opposed
+    /// to I/O failures or corrupt files), so callers can log it as a skip.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            TargetError::GoStripped { .. }
+                | TargetError::GoUnsupportedArch { .. }
+                | TargetError::GoNoRet { .. }
+        )
+    }
+}
+
+/// Decides whether the ELF file at `path` can be hooked and where.
+///
+/// Returns `Ok(None)` for anything that is not a 64-bit ELF executable or
+/// shared object carrying a supported TLS implementation (including non-ELF
+/// files). A Go binary without symbols yields [`TargetError::GoStripped`].
+pub fn inspect(path: &Path) -> Result<Option<TlsTarget>, TargetError> {
+    let data = std::fs::read(path).map_err(|source| TargetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    inspect_bytes(path, &data)
+}
+
+fn inspect_bytes(path: &Path, data: &[u8]) -> Result<Option<TlsTarget>, TargetError> {
+    let Some(file) = elf::ElfImage::parse(path, data)? else {
+        tracing::trace!(path = %path.display(), "not a 64-bit ELF executable or shared object");
+        return Ok(None);
+    };
+    if go::is_go(&file) {
+        if let Some(target) = go::inspect(&file)? {
+            return Ok(Some(TlsTarget::Go(target)));
+        }
+        // A Go program without crypto/tls may still call OpenSSL through cgo.
+    }
+    Ok(elf::inspect_openssl(&file)?.map(TlsTarget::OpenSsl))
+}
+
+/// Device and inode of `path` (following symlinks, so `/proc/<pid>/exe` and
+/// `/proc/<pid>/root/...` name the file they point to).
+pub fn file_id(path: &Path) -> io::Result<FileId> {
+    let meta = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+impl TlsTarget {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::OpenSsl(_) => "openssl",
+            Self::Go(_) => "go",
+        }
+    }
+}
+
+/// Shared OpenSSL libraries in the usual library directories of `root`.
+pub fn system_tls_libraries(root: &Path) -> Vec<PathBuf> {
+    const DIRS: &[&str] = &[
+        "lib",
+        "lib64",
+        "usr/lib",
+        "usr/lib64",
+        "usr/local/lib",
+        "lib/x86_64-linux-gnu",
+        "usr/lib/x86_64-linux-gnu",
+        "lib/aarch64-linux-gnu",
+        "usr/lib/aarch64-linux-gnu",
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    let mut found = Vec::new();
+    for dir in DIRS {
+        let Ok(entries) = fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with("libssl.so") {
+                continue;
+            }
+            let path = entry.path();
+            if let Ok(id) = file_id(&path) {
+                if seen.insert(id) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn non_elf_file_is_not_a_target() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"#!/bin/sh\necho not an ELF file\n").unwrap();
+        assert_eq!(inspect(f.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn empty_and_truncated_files_are_not_targets_or_are_errors() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(inspect(f.path()).unwrap(), None);
+
+        // A valid ELF64 identification followed by garbage must be reported
+        // as malformed, never panic.
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"\x7fELF\x02\x01\x01\x00garbage").unwrap();
+        let err = inspect(f.path()).unwrap_err();
+        assert!(matches!(err, TargetError::Elf { .. }), "{err}");
+        assert!(err.to_string().contains(&f.path().display().to_string()));
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_the_file() {
+        let err = inspect(Path::new("/nonexistent/kloak/libssl.so.3")).unwrap_err();
+        assert!(matches!(err, TargetError::Io { .. }));
+        assert!(err.to_string().contains("/nonexistent/kloak/libssl.so.3"));
+    }
+
+    #[test]
+    fn elf_without_tls_is_not_a_target() {
+        let path = Path::new("/bin/true");
+        if !path.exists() {
+            eprintln!("skipping: {} not present", path.display());
+            return;
+        }
+        assert_eq!(inspect(path).unwrap(), None);
+    }
+
+    #[test]
+    fn file_id_follows_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lib");
+        std::fs::write(&file, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let a = file_id(&file).unwrap();
+        assert_eq!(a, file_id(&link).unwrap());
+        assert_ne!(a.ino, 0);
+    }
+
+    #[test]
+    fn unsupported_errors_are_distinguished() {
+        let stripped = TargetError::GoStripped {
+            path: PathBuf::from("/app/server"),
+            go_version: Some("go1.19.8".into()),
+        };
+        assert!(stripped.is_unsupported());
+        assert_eq!(
+            stripped.to_string(),
+            "/app/server: Go binary (go1.19.8) has no symbol table (stripped), cannot locate crypto/tls.(*Conn).Write"
+        );
+        let io = TargetError::Io {
+            path: PathBuf::from("/x"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert!(!io.is_unsupported());
+    }
+}
