@@ -45,7 +45,12 @@ static __always_inline __u64 enabled_cgroup(void)
 	return bpf_map_lookup_elem(&cgroups, &id) ? id : 0;
 }
 
-/* A zeroed event for the current task, or NULL when the ring buffer is full. */
+/*
+ * A zeroed event for the current task, or NULL when the ring buffer is full.
+ * Events are submitted without a wakeup (BPF_RB_NO_WAKEUP): waking the reader
+ * costs the writing thread an interrupt per decision, while the loader polls
+ * every 50 ms anyway.
+ */
 static __always_inline struct kloak_event *event_reserve(__u32 kind, __u32 hook)
 {
 	struct kloak_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

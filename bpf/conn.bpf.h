@@ -38,7 +38,7 @@ static __always_inline void conn_event(__u64 cgroup_id, __u32 hook, int fd)
 		e->port = p.port;
 		e->family = p.family;
 	}
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
 /* Records that tls_ptr writes to fd; a changed fd forgets the old server name. */
@@ -202,7 +202,8 @@ static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
 		return;
 	conn_set_fd(cgroup_id, call->tls_ptr, fd, KLOAK_HOOK_SYSCALL);
 	key = conn_key(call->tls_ptr);
-	if (buf)
+	/* The ClientHello leaves during the handshake call (call->buf is 0 there). */
+	if (buf && !call->buf)
 		conn_learn_sni(&key, buf, len);
 }
 

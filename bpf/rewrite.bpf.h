@@ -16,6 +16,7 @@
 #define LOW_BITS 0x0101010101010101ULL
 #define HIGH_BITS 0x8080808080808080ULL
 #define CMP_CHUNK 64
+#define SCAN_BLOCK 64
 
 struct write_ctx {
 	__u64 buf;                       /* user address of the plaintext */
@@ -27,6 +28,7 @@ struct write_ctx {
 	__s32 fd;                        /* socket the object writes to, -1 unknown */
 	__u32 peer_state;                /* 0 not read, 1 known, 2 unknown */
 	__u32 next_free;                 /* candidates before this lie inside a match */
+	__u32 block;                     /* scan: offset of the block being searched */
 	struct peer peer;
 	struct kloak_conn *conn;
 	struct scan_scratch *scratch;
@@ -43,24 +45,13 @@ static __always_inline struct write_ctx *ctx_of(void *data)
 	return data;
 }
 
-/* One 8-byte word of the scan: any 'k' may start "kloak:". */
-static long scan_step(__u64 index, void *data)
+/* Records a candidate at every "kloak:" that starts in the word at off. */
+static __always_inline void scan_word(struct write_ctx *c, struct scan_scratch *s, __u32 off, __u64 hit)
 {
-	struct write_ctx *c = ctx_of(data);
-	struct scan_scratch *s = c->scratch;
-	__u32 off = ((__u32)index * 8) & (KLOAK_SCAN_MAX - 8);
-	__u64 word, x, hit;
-
-	if (!s || (__u32)index * 8 >= c->len)
-		return 1;
-	word = *(__u64 *)&s->buf[off];
-	x = word ^ K8;
-	hit = (x - LOW_BITS) & ~x & HIGH_BITS;
-	if (!hit)
-		return 0;
 	for (__u32 b = 0; b < 8; b++) {
 		__u32 p = (off + b) & (KLOAK_SCAN_MAX - 1);
 		__u8 *at = &s->buf[p];
+		__u32 n;
 
 		if (!(hit & (0x80ULL << (b * 8))))
 			continue;
@@ -68,11 +59,52 @@ static long scan_step(__u64 index, void *data)
 			break;
 		if (at[0] != 'k' || at[1] != 'l' || at[2] != 'o' || at[3] != 'a' || at[4] != 'k' || at[5] != ':')
 			continue;
-		__u32 n = s->count;
-
+		n = s->count;
 		if (n < KLOAK_MAX_MATCHES)
 			s->cand[n] = p;
 		s->count = n + 1;
+	}
+}
+
+/* The slow path of a block: one of its words holds a 'k'. */
+static long word_step(__u64 index, void *data)
+{
+	struct write_ctx *c = ctx_of(data);
+	struct scan_scratch *s = c->scratch;
+	__u32 off = (c->block + (__u32)index * 8) & (KLOAK_SCAN_MAX - 8);
+	__u64 x, hit;
+
+	if (!s || index >= SCAN_BLOCK / 8)
+		return 1;
+	x = *(__u64 *)&s->buf[off] ^ K8;
+	hit = (x - LOW_BITS) & ~x & HIGH_BITS;
+	if (hit)
+		scan_word(c, s, off, hit);
+	return 0;
+}
+
+/*
+ * One 64-byte block of the scan: any 'k' may start "kloak:". The eight words
+ * are tested without branches, so the common block (no 'k') costs one
+ * callback and one comparison.
+ */
+static long scan_step(__u64 index, void *data)
+{
+	struct write_ctx *c = ctx_of(data);
+	struct scan_scratch *s = c->scratch;
+	__u32 base = ((__u32)index * SCAN_BLOCK) & (KLOAK_SCAN_MAX - SCAN_BLOCK);
+	__u64 any = 0;
+
+	if (!s || (__u32)index * SCAN_BLOCK >= c->len)
+		return 1;
+	for (__u32 w = 0; w < SCAN_BLOCK / 8; w++) {
+		__u64 x = *(__u64 *)&s->buf[base + w * 8] ^ K8;
+
+		any |= (x - LOW_BITS) & ~x & HIGH_BITS;
+	}
+	if (any) {
+		c->block = base;
+		bpf_loop(SCAN_BLOCK / 8, word_step, c, 0);
 	}
 	return 0;
 }
@@ -240,7 +272,7 @@ static __always_inline void tls_event(struct write_ctx *c, __u32 kind, __u32 rea
 		e->port = c->peer.port;
 		e->family = c->peer.family;
 	}
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void blocked(struct write_ctx *c, __u32 reason, struct kloak_secret *secret, __u32 offset)
@@ -379,7 +411,7 @@ static __always_inline int on_tls_write(struct write_ctx *c, __u64 buf, __u64 le
 	if (n == 0 || n > KLOAK_SCAN_MAX || bpf_probe_read_user(s->buf, n, (void *)buf))
 		return 0;
 	count_n(KLOAK_CTR_BYTES_SCANNED, c->len);
-	bpf_loop((c->len + 7) / 8, scan_step, c, 0);
+	bpf_loop((c->len + SCAN_BLOCK - 1) / SCAN_BLOCK, scan_step, c, 0);
 	if (s->count == 0)
 		return 0;
 	if (can_write)
@@ -423,7 +455,7 @@ static long restore_step(__u64 index, void *data)
 			event_set_task(e, 0);
 			e->reason = KLOAK_REASON_RESTORE_FAILED;
 			e->secret_id = secret ? secret->id : 0;
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 		}
 	}
 	return 0;

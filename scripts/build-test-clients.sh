@@ -12,6 +12,6 @@ fi
 (cd "$root/tests/e2e/goclient" &&
   GOCACHE="$out/gocache" GOPATH="$out/gopath" GOFLAGS=-mod=mod CGO_ENABLED=0 \
   go build -trimpath -o "$out/goclient" .)
-"$root/tests/e2e/gen_cert.sh" "$out/certs" allowed.kloak.test other.kloak.test short.kloak.test \
-  zero.kloak.test api.wild.kloak.test
+"$root/tests/fixtures/gen_cert.sh" "$out/certs" allowed.kloak.test other.kloak.test short.kloak.test \
+  zero.kloak.test api.wild.kloak.test 127.0.0.1 127.0.0.2
 echo "test clients in $out"

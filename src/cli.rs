@@ -31,6 +31,18 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a command with placeholders instead of secrets (local mode, needs root).
     Run(RunArgs),
+    /// Check what this node's kernel allows; exits non-zero when it cannot rewrite.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not mount tracefs, bpffs or securityfs when they are missing.
+    #[arg(long)]
+    pub no_mount: bool,
 }
 
 #[derive(Debug, Args)]

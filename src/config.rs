@@ -7,15 +7,16 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::placeholder::SecretValue;
+use crate::placeholder::{SecretValue, MAX_VALUE_LEN};
 use crate::policy::{parse_hosts, HostPattern, Policy, PolicyError};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("--secret {0:?}: expected NAME, NAME=@FILE or NAME=env:VAR")]
+    /// The spec itself is not shown: people paste the real value there by mistake.
+    #[error("--secret for {0}: expected NAME, NAME=@FILE or NAME=env:VAR (the value given is not shown in case it is a secret)")]
     SecretSyntax(String),
-    #[error("secret name {0:?} is not a valid environment variable name")]
-    SecretName(String),
+    #[error("a secret name must be a valid environment variable name (the name given is not shown in case it is a secret)")]
+    SecretName,
     #[error("secret {0} is given twice")]
     Duplicate(String),
     #[error("secret {name}: {source}")]
@@ -76,31 +77,42 @@ fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn parse_source(name: &str, spec: &str, raw: &str) -> Result<SecretSource, ConfigError> {
+/// `@FILE` (relative paths from `base`) or `env:VAR`.
+fn parse_source(name: &str, spec: &str, base: Option<&Path>) -> Result<SecretSource, ConfigError> {
+    let shown = || {
+        if valid_env_name(name) {
+            name.to_owned()
+        } else {
+            "a secret".to_owned()
+        }
+    };
     if let Some(path) = spec.strip_prefix('@') {
         if path.is_empty() {
-            return Err(ConfigError::SecretSyntax(raw.to_owned()));
+            return Err(ConfigError::SecretSyntax(shown()));
         }
-        return Ok(SecretSource::File(PathBuf::from(path)));
+        let path = PathBuf::from(path);
+        return Ok(SecretSource::File(match base {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path,
+        }));
     }
     if let Some(var) = spec.strip_prefix("env:") {
         if !valid_env_name(var) {
-            return Err(ConfigError::SecretName(var.to_owned()));
+            return Err(ConfigError::SecretSyntax(shown()));
         }
         return Ok(SecretSource::Env(var.to_owned()));
     }
-    let _ = name;
-    Err(ConfigError::SecretSyntax(raw.to_owned()))
+    Err(ConfigError::SecretSyntax(shown()))
 }
 
 /// `NAME`, `NAME=@/path` or `NAME=env:VAR`.
 pub fn parse_secret_spec(raw: &str) -> Result<(String, SecretSource), ConfigError> {
     let (name, source) = match raw.split_once('=') {
         None => (raw, SecretSource::Env(raw.to_owned())),
-        Some((name, spec)) => (name, parse_source(name, spec, raw)?),
+        Some((name, spec)) => (name, parse_source(name, spec, None)?),
     };
     if !valid_env_name(name) {
-        return Err(ConfigError::SecretName(name.to_owned()));
+        return Err(ConfigError::SecretName);
     }
     Ok((name.to_owned(), source))
 }
@@ -182,11 +194,11 @@ pub fn build(input: RunInput<'_>) -> Result<RunConfig, ConfigError> {
         })?;
         for secret in file.secret {
             let source = match &secret.from {
-                Some(spec) => parse_source(&secret.name, spec, spec)?,
+                Some(spec) => parse_source(&secret.name, spec, path.parent())?,
                 None => SecretSource::Env(secret.name.clone()),
             };
             if !valid_env_name(&secret.name) {
-                return Err(ConfigError::SecretName(secret.name));
+                return Err(ConfigError::SecretName);
             }
             let hosts =
                 parse_hosts(&secret.hosts.join(",")).map_err(|source| ConfigError::Policy {
@@ -234,11 +246,23 @@ pub fn load_value(
             })?
             .into_bytes(),
         SecretSource::File(path) => {
-            let mut bytes = std::fs::read(path).map_err(|source| ConfigError::File {
+            let io_error = |source| ConfigError::File {
                 name: secret.name.clone(),
                 path: path.clone(),
                 source,
-            })?;
+            };
+            // Never read a huge file into memory: a secret is at most 4 KiB (+ newline).
+            let size = std::fs::metadata(path).map_err(io_error)?.len();
+            if size > MAX_VALUE_LEN as u64 + 2 {
+                return Err(ConfigError::Value {
+                    name: secret.name.clone(),
+                    reason: format!(
+                        "{} is {size} bytes; secrets must be at most {MAX_VALUE_LEN} bytes",
+                        path.display()
+                    ),
+                });
+            }
+            let mut bytes = std::fs::read(path).map_err(io_error)?;
             // Files usually end with one newline that is not part of the secret.
             if bytes.ends_with(b"\r\n") {
                 bytes.truncate(bytes.len() - 2);
@@ -297,8 +321,18 @@ mod tests {
         for bad in ["API=value", "1API", "API=@", "A-B=@x"] {
             assert!(parse_secret_spec(bad).is_err(), "{bad}");
         }
-        let err = parse_secret_spec("API=plain").unwrap_err().to_string();
-        assert!(err.contains("NAME=@FILE"), "{err}");
+        let err = parse_secret_spec("API=sk-live-pasted-by-mistake")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NAME=@FILE") && err.contains("API"), "{err}");
+        assert!(
+            !err.contains("sk-live"),
+            "a pasted value must not be echoed: {err}"
+        );
+        let err = parse_secret_spec("sk-live-pasted-as-name")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sk-live"), "{err}");
     }
 
     #[test]
@@ -348,8 +382,7 @@ mod tests {
             file: bad,
             ..input(&[], &[])
         })
-        .err()
-        .expect("error")
+        .expect_err("error")
         .to_string();
         assert!(err.contains("kloak.toml") && err.contains("hots"), "{err}");
     }
@@ -361,8 +394,7 @@ mod tests {
             require_hosts: true,
             ..input(&secrets, &[])
         })
-        .err()
-        .expect("error");
+        .expect_err("error");
         assert!(err.to_string().contains("--require-hosts"));
     }
 
@@ -374,16 +406,14 @@ mod tests {
             policy: Policy::default(),
         };
         let short = load_value(&secret, |_| Some("tiny-secret".into()))
-            .err()
-            .expect("error")
+            .expect_err("error")
             .to_string();
         assert!(
             short.contains("at least 12") && !short.contains("tiny-secret"),
             "{short}"
         );
         let missing = load_value(&secret, |_| None)
-            .err()
-            .expect("error")
+            .expect_err("error")
             .to_string();
         assert!(missing.contains("X is not set"), "{missing}");
         assert_eq!(

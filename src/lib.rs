@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod doctor;
 pub mod placeholder;
 pub mod policy;
 pub mod run;

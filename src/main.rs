@@ -3,7 +3,7 @@
 use clap::Parser;
 
 use kloak::cli::{Cli, Command};
-use kloak::{run, telemetry};
+use kloak::{doctor, run, telemetry};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Doctor(args) => doctor::run(args),
         }
     });
     match result {

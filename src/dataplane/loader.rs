@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
@@ -73,7 +74,7 @@ type Reply<T> = oneshot::Sender<Result<T, LoaderError>>;
 enum Command {
     Apply(Vec<MapOp>, Reply<()>),
     AttachDns(PathBuf, Reply<()>),
-    AttachTarget(PathBuf, FileId, TlsTarget, Reply<usize>),
+    AttachTarget(Box<(PathBuf, FileId, TlsTarget)>, Reply<usize>),
     Counters(Reply<Vec<u64>>),
     Shutdown,
 }
@@ -156,7 +157,7 @@ impl DataPlane {
         target: TlsTarget,
     ) -> Result<usize, LoaderError> {
         let path = path.to_path_buf();
-        self.call(|reply| Command::AttachTarget(path, id, target, reply))
+        self.call(|reply| Command::AttachTarget(Box::new((path, id, target)), reply))
             .await
     }
 
@@ -231,7 +232,8 @@ fn run(
     let _ = ready.send(Ok(()));
     info!(rewrite = config.rewrite, pin_dir = %config.pin_dir.display(), "data plane loaded");
     loop {
-        if let Err(err) = ring.poll(POLL_INTERVAL) {
+        // Events are submitted without wakeups (see common.bpf.h): wait, then drain.
+        if let Err(err) = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume()) {
             warn!(%err, "ring buffer poll failed");
         }
         loop {
@@ -250,10 +252,55 @@ fn run(
 
 struct Loaded<'obj> {
     skel: KloakSkel<'obj>,
-    links: Vec<Link>,
-    attached: BTreeSet<(FileId, u64, &'static str)>,
+    links: LinkSet,
     next_target: u32,
     rewrite: bool,
+}
+
+/// Everything attached, by name, so nothing is hooked twice.
+struct LinkSet {
+    links: Vec<Link>,
+    names: BTreeSet<String>,
+    /// Where links are pinned when the instance persists; None for `kloak run`.
+    dir: Option<PathBuf>,
+}
+
+impl LinkSet {
+    /*
+     * Attaches unless a pinned link of that name exists: then it is adopted,
+     * so a restarted agent never opens a window without probes. Persistent
+     * instances pin what they attach.
+     */
+    fn keep(
+        &mut self,
+        name: &str,
+        attach: impl FnOnce() -> Result<Link, LoaderError>,
+    ) -> Result<usize, LoaderError> {
+        if !self.names.insert(name.to_owned()) {
+            return Ok(0);
+        }
+        let pinned = self.dir.as_ref().map(|dir| dir.join(name));
+        if let Some(path) = &pinned {
+            if path.exists() {
+                let link = Link::open(path).map_err(|source| LoaderError::Attach {
+                    what: format!("adopting pinned link {}", path.display()),
+                    source,
+                })?;
+                debug!(link = name, "adopted pinned link");
+                self.links.push(link);
+                return Ok(0);
+            }
+        }
+        let mut link = attach()?;
+        if let Some(path) = &pinned {
+            link.pin(path).map_err(|source| LoaderError::Attach {
+                what: format!("pinning link {}", path.display()),
+                source,
+            })?;
+        }
+        self.links.push(link);
+        Ok(1)
+    }
 }
 
 fn load<'obj>(
@@ -300,7 +347,11 @@ fn load<'obj>(
     })?;
     for mut map in skel.object_mut().maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
-        if PINNED_MAPS.contains(&name.as_str()) && !map.is_pinned() {
+        // Adopted maps are already pinned there (libbpf does not mark them so).
+        if PINNED_MAPS.contains(&name.as_str())
+            && !map.is_pinned()
+            && !maps_dir.join(&name).exists()
+        {
             map.pin(maps_dir.join(&name))
                 .map_err(|source| LoaderError::Attach {
                     what: format!("pin of map {name}"),
@@ -308,27 +359,38 @@ fn load<'obj>(
                 })?;
         }
     }
-    let mut links = Vec::new();
+    let dir = config.persist.then(|| config.pin_dir.join("links"));
+    if let Some(dir) = &dir {
+        fs::create_dir_all(dir).map_err(|source| LoaderError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let mut links = LinkSet {
+        links: Vec::new(),
+        names: BTreeSet::new(),
+        dir,
+    };
+    let progs = &skel.progs;
     let syscalls = [
-        (&skel.progs.handle_sys_write, "sys_enter_write"),
-        (&skel.progs.handle_sys_sendto, "sys_enter_sendto"),
-        (&skel.progs.handle_sys_sendmsg, "sys_enter_sendmsg"),
-        (&skel.progs.handle_sys_writev, "sys_enter_writev"),
+        (&progs.handle_sys_write, "sys_enter_write"),
+        (&progs.handle_sys_sendto, "sys_enter_sendto"),
+        (&progs.handle_sys_sendmsg, "sys_enter_sendmsg"),
+        (&progs.handle_sys_writev, "sys_enter_writev"),
     ];
     for (program, tracepoint) in syscalls {
-        links.push(
+        links.keep(&format!("tp-{tracepoint}"), || {
             program
                 .attach_tracepoint(TracepointCategory::Syscalls, tracepoint)
                 .map_err(|source| LoaderError::Attach {
                     what: format!("tracepoint syscalls/{tracepoint}"),
                     source,
-                })?,
-        );
+                })
+        })?;
     }
     Ok(Loaded {
         skel,
         links,
-        attached: BTreeSet::new(),
         next_target: 0,
         rewrite: config.rewrite,
     })
@@ -343,7 +405,8 @@ impl Loaded<'_> {
             Command::AttachDns(cgroup, reply) => {
                 let _ = reply.send(self.attach_dns(&cgroup));
             }
-            Command::AttachTarget(path, id, target, reply) => {
+            Command::AttachTarget(request, reply) => {
+                let (path, id, target) = *request;
                 let _ = reply.send(self.attach_target(&path, id, &target));
             }
             Command::Counters(reply) => {
@@ -390,22 +453,25 @@ impl Loaded<'_> {
     }
 
     fn attach_dns(&mut self, cgroup: &Path) -> Result<(), LoaderError> {
-        let dir = fs::File::open(cgroup).map_err(|source| LoaderError::Io {
+        let io_error = |source| LoaderError::Io {
             path: cgroup.to_path_buf(),
             source,
-        })?;
-        for program in [
-            &self.skel.progs.handle_dns_ingress,
-            &self.skel.progs.handle_dns_egress,
+        };
+        let dir = fs::File::open(cgroup).map_err(io_error)?;
+        let ino = dir.metadata().map_err(io_error)?.ino();
+        let progs = &self.skel.progs;
+        for (direction, program) in [
+            ("ingress", &progs.handle_dns_ingress),
+            ("egress", &progs.handle_dns_egress),
         ] {
-            let link =
+            self.links.keep(&format!("dns-{direction}-{ino}"), || {
                 program
                     .attach_cgroup(dir.as_raw_fd())
                     .map_err(|source| LoaderError::Attach {
                         what: format!("DNS capture on cgroup {}", cgroup.display()),
                         source,
-                    })?;
-            self.links.push(link);
+                    })
+            })?;
         }
         info!(cgroup = %cgroup.display(), "DNS capture attached");
         Ok(())
@@ -420,9 +486,12 @@ impl Loaded<'_> {
         retprobe: bool,
         cookie: u64,
     ) -> Result<usize, LoaderError> {
-        if !self.attached.insert((id, offset, program)) {
-            return Ok(0);
-        }
+        let name = format!(
+            "{program}-{}-{}-{offset:x}{}",
+            id.dev,
+            id.ino,
+            if retprobe { "-ret" } else { "" }
+        );
         let progs = &self.skel.progs;
         let prog = match program {
             "handle_ssl_write_rw" => &progs.handle_ssl_write_rw,
@@ -444,14 +513,13 @@ impl Loaded<'_> {
             cookie,
             ..Default::default()
         };
-        let link = prog
-            .attach_uprobe_with_opts(-1, path, offset as usize, opts)
-            .map_err(|source| LoaderError::Attach {
-                what: format!("{program} at {}+{offset:#x}", path.display()),
-                source,
-            })?;
-        self.links.push(link);
-        Ok(1)
+        self.links.keep(&name, || {
+            prog.attach_uprobe_with_opts(-1, path, offset as usize, opts)
+                .map_err(|source| LoaderError::Attach {
+                    what: format!("{program} at {}+{offset:#x}", path.display()),
+                    source,
+                })
+        })
     }
 
     fn attach_target(
@@ -556,8 +624,10 @@ impl Loaded<'_> {
     }
 
     fn teardown(&mut self, config: &LoaderConfig) {
-        self.links.clear();
+        // Pinned links stay attached when this process exits; the rest detach here.
+        self.links.links.clear();
         if config.persist {
+            info!(pin_dir = %config.pin_dir.display(), "data plane left pinned for the next agent");
             return;
         }
         for mut map in self.skel.object_mut().maps_mut() {

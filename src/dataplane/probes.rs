@@ -106,7 +106,7 @@ pub fn parse_lockdown(text: &str) -> Option<String> {
 fn fs_magic(path: &Path) -> Option<i64> {
     nix::sys::statfs::statfs(path)
         .ok()
-        .map(|stat| stat.filesystem_type().0 as i64)
+        .map(|stat| stat.filesystem_type().0)
 }
 
 fn mount_fs(fstype: &str, target: &str) -> nix::Result<()> {

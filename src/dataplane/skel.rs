@@ -24,6 +24,10 @@ pub mod probes {
     include!(concat!(env!("OUT_DIR"), "/probes.skel.rs"));
 }
 
+pub mod bench {
+    include!(concat!(env!("OUT_DIR"), "/bench.skel.rs"));
+}
+
 pub use kloak::types;
 
 macro_rules! plain {

@@ -76,6 +76,10 @@ impl SecretValue {
         self.0.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn check_length(&self) -> Result<(), PlaceholderError> {
         match self.len() {
             len if len < MIN_VALUE_LEN => Err(PlaceholderError::TooShort { len }),

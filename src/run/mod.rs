@@ -133,6 +133,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         "KLOAK_SECRETS_DIR".into(),
         secrets_dir.path.clone().into_os_string(),
     ));
+    // Before the command starts: from here on Ctrl-C and SIGTERM are kloak's
+    // to forward, and the command gets the default disposition for them.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let procs = cgroup.open_procs()?;
     let mut child = spawn::spawn(spawn::Launch {
         argv: &args.command,
@@ -149,8 +153,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         rewrite,
         "command started"
     );
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let status: ExitStatus = loop {
         tokio::select! {
             Some(event) = events.recv() => reporter.report(&event),

@@ -25,7 +25,7 @@ wait_ready() {
 
 start_tls_server() { # ADDR RECORD_FILE
   : > "$2"
-  python3 "$E2E/tls_server.py" --listen "$1" --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
+  python3 "$FIXTURES/tls_server.py" --listen "$1" --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
     --record "$2" > "$2.log" 2>&1 &
   PIDS+=($!)
   wait_ready "$2.log"
@@ -33,7 +33,7 @@ start_tls_server() { # ADDR RECORD_FILE
 
 start_dns_server() { # ADDR LOG RECORD...
   local addr=$1 log=$2; shift 2
-  python3 "$E2E/dns_server.py" --listen "$addr" "$@" > "$log" 2>&1 &
+  python3 "$FIXTURES/dns_server.py" --listen "$addr" "$@" > "$log" 2>&1 &
   PIDS+=($!)
   wait_ready "$log"
 }

@@ -22,6 +22,7 @@ case $EXPECT in rewrite|observe) ;; *) echo "usage: $0 --expect rewrite|observe"
 
 E2E=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$E2E/../.." && pwd)
+FIXTURES=$ROOT/tests/fixtures
 KLOAK=${KLOAK:-$ROOT/target/debug/kloak}
 CLIENTS=${CLIENTS:-$ROOT/target/e2e}
 CERTS=$CLIENTS/certs

@@ -1,0 +1,21 @@
+# Daily commands. `sudo make demo` and `sudo make test` are the README's two set-up commands.
+.PHONY: build demo test lint bench clean
+
+build:
+	cargo build --release --locked
+
+demo:
+	scripts/demo.sh
+
+test:
+	scripts/test.sh
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+bench:
+	scripts/bench.sh
+
+clean:
+	cargo clean

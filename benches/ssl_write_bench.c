@@ -1,0 +1,95 @@
+// SSL_write cost, measured from the caller: a TLS client writes SIZE-byte
+// records to a server over a socketpair (server in a forked child that reads
+// and discards). Prints the mean nanoseconds per SSL_write.
+//
+// usage: ssl_write_bench SIZE ITERATIONS CERT KEY
+// The buffer holds $BENCH_PLACEHOLDER once (at offset 64) when set, so the
+// data plane has a real placeholder to find on every write.
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void die(const char *what)
+{
+	fprintf(stderr, "ssl_write_bench: %s\n", what);
+	ERR_print_errors_fp(stderr);
+	exit(2);
+}
+
+static double now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static void serve(int fd, const char *cert, const char *key)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	SSL *ssl;
+	char buf[65536];
+
+	if (!ctx || SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+		die("server context");
+	ssl = SSL_new(ctx);
+	SSL_set_fd(ssl, fd);
+	if (SSL_accept(ssl) != 1)
+		die("accept");
+	while (SSL_read(ssl, buf, sizeof(buf)) > 0)
+		;
+	exit(0);
+}
+
+int main(int argc, char **argv)
+{
+	int sv[2], size, iterations;
+	const char *placeholder = getenv("BENCH_PLACEHOLDER");
+	SSL_CTX *ctx;
+	SSL *ssl;
+	char *buf;
+	double start;
+	pid_t child;
+
+	if (argc != 5)
+		die("usage: ssl_write_bench SIZE ITERATIONS CERT KEY");
+	size = atoi(argv[1]);
+	iterations = atoi(argv[2]);
+	if (size < 128 || size > 16384 || iterations < 1)
+		die("SIZE must be 128..16384 and ITERATIONS positive");
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+		die("socketpair");
+	child = fork();
+	if (child == 0) {
+		close(sv[0]);
+		serve(sv[1], argv[3], argv[4]);
+	}
+	close(sv[1]);
+	ctx = SSL_CTX_new(TLS_client_method());
+	ssl = SSL_new(ctx);
+	SSL_set_fd(ssl, sv[0]);
+	if (SSL_connect(ssl) != 1)
+		die("connect");
+	buf = malloc(size);
+	memset(buf, 'x', size);
+	if (placeholder && strlen(placeholder) + 64 < (size_t)size)
+		memcpy(buf + 64, placeholder, strlen(placeholder));
+	for (int i = 0; i < iterations / 10; i++) /* warm up */
+		SSL_write(ssl, buf, size);
+	start = now_ns();
+	for (int i = 0; i < iterations; i++)
+		if (SSL_write(ssl, buf, size) != size)
+			die("write");
+	printf("%.0f\n", (now_ns() - start) / iterations);
+	SSL_shutdown(ssl);
+	close(sv[0]);
+	waitpid(child, NULL, 0);
+	return 0;
+}

@@ -1,3 +1,0 @@
-module kloak.test/goclient
-
-go 1.19
