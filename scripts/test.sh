@@ -45,15 +45,25 @@ if [[ " $tiers " == *" host "* ]]; then
   expect=observe
   target/debug/kloak doctor --json 2>/dev/null | grep -q '"write_user": *true' && expect=rewrite
   echo "== tier 2: host BPF ($(uname -r), expecting $expect)"
-  cargo test --locked --test pins -- --ignored 2>&1 | tee "$logs/host-pins.log" || status=1
+  cargo test --locked --test pins --test binding -- --ignored 2>&1 | tee "$logs/host-integration.log" || status=1
   E2E_WORK=$logs/host tests/e2e/scenarios.sh --expect "$expect" 2>&1 | tee "$logs/host.log"
   count "$logs/host.log" "host $(uname -r)"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
+  # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
+  # under /tmp runs from a staged copy of what the scenarios need.
+  vm_root=$root
+  if [[ $root == /tmp/* ]]; then
+    vm_root=/var/tmp/kloak-vm-stage/$(basename "$root")
+    rm -rf "$vm_root" && mkdir -p "$vm_root/target/debug" "$vm_root/target/e2e"
+    cp -r tests scripts "$vm_root/"
+    cp target/debug/kloak "$vm_root/target/debug/"
+    cp -r target/e2e/goclient target/e2e/certs "$vm_root/target/e2e/"
+  fi
   for kernel in $kernels; do
     echo "== tier 3: VM, Debian $kernel kernel"
-    scripts/vm.sh --kernel "$kernel" --timeout 1800 -- \
-      sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite" 2>&1 | tee "$logs/vm-$kernel.log"
+    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 1800 -- \
+      sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel.log"
     count "$logs/vm-$kernel.log" "vm $kernel"
   done
 fi

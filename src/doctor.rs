@@ -155,18 +155,7 @@ mod tests {
     use super::*;
 
     fn features() -> KernelFeatures {
-        KernelFeatures {
-            kernel: "6.1.0".into(),
-            btf: true,
-            tracefs: true,
-            bpffs: true,
-            lockdown: Some("none".into()),
-            write_user: true,
-            bpf_loop: true,
-            attach_cookie: true,
-            kprobes: false,
-            cgroup2: Some("/sys/fs/cgroup".into()),
-        }
+        KernelFeatures::healthy_example()
     }
 
     #[test]

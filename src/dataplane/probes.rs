@@ -34,6 +34,23 @@ pub struct KernelFeatures {
 }
 
 impl KernelFeatures {
+    /// A kernel with everything kloak needs, for tests of the verdict logic.
+    #[cfg(test)]
+    pub fn healthy_example() -> Self {
+        Self {
+            kernel: "6.1.0".into(),
+            btf: true,
+            tracefs: true,
+            bpffs: true,
+            lockdown: Some("none".into()),
+            write_user: true,
+            bpf_loop: true,
+            attach_cookie: true,
+            kprobes: false,
+            cgroup2: Some("/sys/fs/cgroup".into()),
+        }
+    }
+
     /// Why rewriting cannot happen here, in words for people; None when it can.
     pub fn rewrite_blocker(&self) -> Option<String> {
         if self.write_user {
@@ -169,16 +186,9 @@ mod tests {
     #[test]
     fn blocker_names_lockdown_mode() {
         let mut features = KernelFeatures {
-            kernel: "6.18".into(),
-            btf: true,
-            tracefs: true,
-            bpffs: true,
             lockdown: Some("integrity".into()),
             write_user: false,
-            bpf_loop: true,
-            attach_cookie: true,
-            kprobes: false,
-            cgroup2: Some("/sys/fs/cgroup".into()),
+            ..KernelFeatures::healthy_example()
         };
         assert_eq!(
             features.rewrite_blocker().as_deref(),
