@@ -13,5 +13,5 @@ fi
   GOCACHE="$out/gocache" GOPATH="$out/gopath" GOFLAGS=-mod=mod CGO_ENABLED=0 \
   go build -trimpath -o "$out/goclient" .)
 "$root/tests/fixtures/gen_cert.sh" "$out/certs" allowed.kloak.test other.kloak.test short.kloak.test \
-  zero.kloak.test api.wild.kloak.test 127.0.0.1 127.0.0.2
+  zero.kloak.test api.wild.kloak.test api.example.test evil.example.test 127.0.0.1 127.0.0.2
 echo "test clients in $out"

