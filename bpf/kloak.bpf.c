@@ -166,6 +166,48 @@ int handle_go_write_ret_rw(struct pt_regs *ctx)
 	return 0;
 }
 
+/*
+ * A protected process exec'd a file nobody has inspected: stop it before its
+ * first instruction and tell userspace, which hooks the file (if it has TLS
+ * to hook), records it in `files` and resumes the process. No write can race
+ * the attachment.
+ */
+#define SIGSTOP 19
+
+SEC("tracepoint/sched/sched_process_exec")
+int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct kloak_file_key key = {};
+	struct inode *inode;
+	struct kloak_event *e;
+	__u64 cgroup_id = enabled_cgroup();
+
+	if (!cgroup_id)
+		return 0;
+	inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	if (!inode)
+		return 0;
+	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	key.ino = BPF_CORE_READ(inode, i_ino);
+	if (bpf_map_lookup_elem(&files, &key))
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(KLOAK_CTR_EVENTS_LOST);
+		return 0;                /* not held: the file simply stays unhooked */
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->kind = KLOAK_EVENT_EXEC_HELD;
+	e->fd = -1;
+	event_set_task(e, cgroup_id);
+	bpf_send_signal(SIGSTOP);
+	/* Unlike decisions, a held process needs its reader now. */
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
 /* Keep every boundary type in BTF so the Rust side is generated from it. */
 struct kloak_event kloak_event_ = {};
 struct kloak_secret_key kloak_secret_key_ = {};
@@ -176,6 +218,7 @@ struct kloak_name_key kloak_name_key_ = {};
 struct kloak_name kloak_name_ = {};
 struct kloak_resolver_key kloak_resolver_key_ = {};
 struct kloak_target kloak_target_ = {};
+struct kloak_file_key kloak_file_key_ = {};
 struct kloak_conn_key kloak_conn_key_ = {};
 struct kloak_conn kloak_conn_ = {};
 enum kloak_event_kind kloak_event_kind_ = 0;

@@ -87,6 +87,14 @@ struct {
 	__type(value, struct kloak_restore);
 } restores SEC(".maps");
 
+/* Executables userspace has inspected: their exec is not held again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, KLOAK_MAX_FILES);
+	__type(key, struct kloak_file_key);
+	__type(value, __u8);
+} files SEC(".maps");
+
 /* Hooked binaries, indexed by the uprobe's attach cookie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -21,6 +21,7 @@ enum kloak_limits {
 	KLOAK_MAX_SECRETS = 16384,
 	KLOAK_MAX_BINDINGS = 262144,
 	KLOAK_MAX_TARGETS = 4096,
+	KLOAK_MAX_FILES = 65536,
 };
 
 /* What happened to one placeholder (or one DNS answer). */
@@ -31,6 +32,7 @@ enum kloak_event_kind {
 	KLOAK_EVENT_DNS_ACCEPTED = 4,
 	KLOAK_EVENT_DNS_REJECTED = 5,
 	KLOAK_EVENT_CONN_LEARNED = 6,
+	KLOAK_EVENT_EXEC_HELD = 7,       /* new executable, process stopped until inspected */
 };
 
 /* Why a placeholder went out unchanged, or why a DNS answer was not trusted. */
@@ -192,6 +194,12 @@ struct kloak_tls_call {
 	__u64 buf;
 	__u32 hook;
 	__u32 pad;
+};
+
+/* An executable already inspected (hooked or not), by kernel dev_t and inode. */
+struct kloak_file_key {
+	__u64 dev;
+	__u64 ino;
 };
 
 /* Per hooked binary, found by the uprobe's attach cookie. */

@@ -28,6 +28,8 @@ pub enum EventKind {
     DnsAccepted,
     DnsRejected,
     ConnectionLearned,
+    /// A new executable in a protected cgroup, stopped until inspected.
+    ExecHeld,
 }
 
 /// Why a placeholder went out unchanged or a DNS answer was not trusted.
@@ -163,6 +165,7 @@ impl Event {
             kloak_event_kind::KLOAK_EVENT_DNS_ACCEPTED => EventKind::DnsAccepted,
             kloak_event_kind::KLOAK_EVENT_DNS_REJECTED => EventKind::DnsRejected,
             kloak_event_kind::KLOAK_EVENT_CONN_LEARNED => EventKind::ConnectionLearned,
+            kloak_event_kind::KLOAK_EVENT_EXEC_HELD => EventKind::ExecHeld,
             _ => return Err(DecodeError::Kind(raw.kind)),
         };
         let comm: Vec<u8> = raw
@@ -218,6 +221,7 @@ impl fmt::Display for EventKind {
             Self::DnsAccepted => "dns accepted",
             Self::DnsRejected => "dns rejected",
             Self::ConnectionLearned => "connection",
+            Self::ExecHeld => "exec held",
         })
     }
 }

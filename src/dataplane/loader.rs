@@ -20,7 +20,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
 
-use super::events::Event;
+use super::events::{Event, EventKind};
 use super::maps::{MapName, MapOp};
 use super::skel::bytes_of;
 use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
@@ -98,6 +98,7 @@ const PINNED_MAPS: &[&str] = &[
     "dns_queries",
     "conns",
     "targets",
+    "files",
     "counters",
     "events",
 ];
@@ -204,6 +205,10 @@ fn run(
         let sender = events.clone();
         let added = builder.add(&loaded.skel.maps.events, move |bytes: &[u8]| {
             match Event::decode(bytes) {
+                // A held process waits for its event: that one is never dropped.
+                Ok(event) if event.kind == EventKind::ExecHeld => {
+                    let _ = sender.blocking_send(event);
+                }
                 Ok(event) => {
                     trace!(?event, "data plane event");
                     if sender.try_send(event).is_err() {
@@ -388,6 +393,15 @@ fn load<'obj>(
                 })
         })?;
     }
+    links.keep("tp-sched_process_exec", || {
+        progs
+            .handle_exec
+            .attach_tracepoint(TracepointCategory::Sched, "sched_process_exec")
+            .map_err(|source| LoaderError::Attach {
+                what: "tracepoint sched/sched_process_exec".into(),
+                source,
+            })
+    })?;
     Ok(Loaded {
         skel,
         links,
@@ -425,6 +439,7 @@ impl Loaded<'_> {
             MapName::Names => &maps.names,
             MapName::Verified => &maps.verified,
             MapName::Resolvers => &maps.resolvers,
+            MapName::Files => &maps.files,
         }
     }
 

@@ -13,9 +13,10 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::skel::bytes_of;
 use super::skel::types::{
-    kloak_binding_key, kloak_name, kloak_name_key, kloak_resolver_key, kloak_secret,
-    kloak_secret_flags, kloak_secret_key, kloak_verified, kloak_verified_key,
+    kloak_binding_key, kloak_file_key, kloak_name, kloak_name_key, kloak_resolver_key,
+    kloak_secret, kloak_secret_flags, kloak_secret_key, kloak_verified, kloak_verified_key,
 };
+use super::targets::FileId;
 use crate::placeholder::{lookup_key, Placeholder, SecretValue};
 use crate::policy::{fnv1a64, HostPattern, Policy};
 
@@ -28,6 +29,7 @@ pub enum MapName {
     Names,
     Verified,
     Resolvers,
+    Files,
 }
 
 impl MapName {
@@ -39,6 +41,7 @@ impl MapName {
             Self::Names => "names",
             Self::Verified => "verified",
             Self::Resolvers => "resolvers",
+            Self::Files => "files",
         }
     }
 }
@@ -277,6 +280,22 @@ fn host_records(records: &mut Records, id: u32, pattern: &HostPattern) -> Result
         }
     }
     Ok(())
+}
+
+/// Marks an executable as inspected, so its next exec is not held. The
+/// kernel keys it by its own dev_t encoding (major << 20 | minor).
+pub fn inspected_file(id: FileId) -> MapOp {
+    let major = libc::major(id.dev) as u64;
+    let minor = libc::minor(id.dev) as u64;
+    let key = kloak_file_key {
+        dev: (major << 20) | minor,
+        ino: id.ino,
+    };
+    MapOp {
+        map: MapName::Files,
+        key: bytes_of(&key).to_vec(),
+        value: Some(Zeroizing::new(vec![1])),
+    }
 }
 
 /// Updates that turn `old` into `new`: changed and added keys, then deletions.

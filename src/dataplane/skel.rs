@@ -50,6 +50,7 @@ plain!(
     kloak_name,
     kloak_resolver_key,
     kloak_target,
+    kloak_file_key,
 );
 
 /// The bytes of a boundary struct, as the kernel sees them.

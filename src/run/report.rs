@@ -57,7 +57,9 @@ impl Names {
             EventKind::DnsRejected => {
                 format!("kloak: DNS answer ignored ({peer}): {}", self.detail(event))
             }
-            EventKind::Restored | EventKind::ConnectionLearned => return None,
+            EventKind::Restored | EventKind::ConnectionLearned | EventKind::ExecHeld => {
+                return None
+            }
         })
     }
 

@@ -100,6 +100,10 @@ grep -q "S5 VIOLATION" "$WORK/python.log" "$WORK/python.out" && fail python "buf
 run_allowed go "$GOCLIENT" -url https://allowed.kloak.test:8443/ -header "$AUTH"
 check_delivery go "$WORK/a.rec"
 
+# 3b: a TLS binary started later by the command is hooked before its first instruction.
+run_allowed go-via-shell sh -c "echo starting; \"\$0\" -url https://allowed.kloak.test:8443/ -header '$AUTH'" "$GOCLIENT"
+check_delivery go-via-shell "$WORK/a.rec"
+
 # 4: S2, a second connection from the same process to another address.
 run_allowed second-conn "$GOCLIENT" -url https://allowed.kloak.test:8443/ -url https://127.0.0.2:8443/ -header "$AUTH"
 check_delivery second-conn "$WORK/a.rec"
