@@ -3,6 +3,7 @@
 //! The binary's subcommands share these modules; pure decision logic lives
 //! apart from I/O so it is unit-tested.
 
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

@@ -120,6 +120,39 @@ check_placeholder forged-dns "$WORK/b.rec" host_not_allowed
 events_have forged-dns '"reason":"dns_untrusted_source"' && pass "forged-dns: answer from untrusted resolver ignored" \
   || fail forged-dns "no dns_untrusted_source event"
 
+# 5b: S3, a protected workload sending DNS answers itself: dropped before they leave.
+# The same forge from outside kloak is the control: it must get through.
+count_udp() { # FILE: packets received on 127.0.0.1:5355 within 6 s, written to FILE
+  python3 -c 'import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 5355))
+s.settimeout(6)
+n = 0
+try:
+    while True:
+        s.recv(4096)
+        n += 1
+except socket.timeout:
+    pass
+print(n)' > "$1" &
+}
+forge=(python3 "$FIXTURES/dns_forge.py" --to 127.0.0.1:5355 --from 127.0.0.55 --from-port 53
+  --name allowed.kloak.test --ip 127.0.0.2 --count 3)
+count_udp "$WORK/control.count"; listener=$!; sleep 0.5
+"${forge[@]}" > /dev/null
+wait $listener
+count_udp "$WORK/forged.count"; listener=$!; sleep 0.5
+RESOLVER=127.0.0.53 kloak_run forged-by-workload --secret "API_KEY=@$WORK/api_key" \
+  --allow-host allowed.kloak.test --dns-server 127.0.0.53 -- "${forge[@]}"
+wait $listener
+if [ "$(cat "$WORK/control.count")" = 3 ] && [ "$(cat "$WORK/forged.count")" = 0 ]; then
+  pass "forged-by-workload: forged answers dropped (3 got through without kloak, 0 with)"
+else
+  fail forged-by-workload "without kloak $(cat "$WORK/control.count")/3, with kloak $(cat "$WORK/forged.count")/0"
+fi
+events_have forged-by-workload '"reason":"dns_forged_by_workload"' && pass "forged-by-workload: event says why" \
+  || fail forged-by-workload "no dns_forged_by_workload event"
+
 # 6: port mismatch.
 : > "$WORK/a.rec"
 RESOLVER=127.0.0.53 kloak_run port --secret "API_KEY=@$WORK/api_key" \
