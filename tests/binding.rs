@@ -97,6 +97,7 @@ fn placeholder_of_another_cgroup_is_not_rewritten() {
         persist: false,
         rewrite: features.write_user,
         observe_reason: ObserveReason::Lockdown,
+        hold_new_executables: false,
     })
     .expect("data plane");
     runtime
@@ -112,7 +113,8 @@ fn placeholder_of_another_cgroup_is_not_rewritten() {
     }
 
     // curl runs in the enabled but unbound cgroup and sends the bound cgroup's placeholder.
-    let status = Command::new("sh")
+    let run_curl = || {
+        let status = Command::new("sh")
         .arg("-c")
         .arg(r#"echo $$ > "$0/cgroup.procs" && exec curl -sS -m 10 --cacert "$1" -H "Authorization: Bearer $2" https://127.0.0.1:18443/"#)
         .arg(&other.0)
@@ -121,19 +123,23 @@ fn placeholder_of_another_cgroup_is_not_rewritten() {
         .stdout(Stdio::null())
         .status()
         .expect("curl");
-    assert!(status.success(), "curl failed");
+        assert!(status.success(), "curl failed");
+    };
+    run_curl();
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut reasons = Vec::new();
-    while Instant::now() < deadline && !reasons.contains(&Reason::NotBound) {
-        match runtime.block_on(async {
-            tokio::time::timeout(Duration::from_millis(200), events.recv()).await
-        }) {
-            Ok(Some(event)) if event.kind == EventKind::Blocked => reasons.push(event.reason),
-            Ok(Some(_)) | Err(_) => {}
-            Ok(None) => break,
-        }
+    let reasons = blocked_reasons(&runtime, &mut events, Duration::from_secs(5));
+
+    // Detached, the same write is no longer seen at all.
+    for library in system_tls_libraries(Path::new("/")) {
+        let id = file_id(&library).expect("stat");
+        runtime.block_on(dataplane.detach_file(id)).expect("detach");
     }
+    run_curl();
+    let after_detach = blocked_reasons(&runtime, &mut events, Duration::from_secs(2));
+    assert!(
+        after_detach.is_empty(),
+        "decisions after detach: {after_detach:?}"
+    );
     dataplane.shutdown();
     let _ = server.kill();
     let _ = server.wait();
@@ -156,6 +162,27 @@ fn placeholder_of_another_cgroup_is_not_rewritten() {
         decoded.iter().all(|d| !d.contains(SECRET)),
         "the real value never left"
     );
+}
+
+/// Reasons of the blocked decisions seen within `wait`.
+fn blocked_reasons(
+    runtime: &tokio::runtime::Runtime,
+    events: &mut tokio::sync::mpsc::Receiver<kloak::dataplane::Event>,
+    wait: Duration,
+) -> Vec<Reason> {
+    let deadline = Instant::now() + wait;
+    let mut reasons = Vec::new();
+    while Instant::now() < deadline {
+        let next = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+        });
+        match next {
+            Ok(Some(event)) if event.kind == EventKind::Blocked => reasons.push(event.reason),
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => break,
+        }
+    }
+    reasons
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {

@@ -15,6 +15,7 @@ fn config(pin_dir: &Path) -> LoaderConfig {
         // Observe programs load on every kernel, lockdown or not.
         rewrite: false,
         observe_reason: ObserveReason::Requested,
+        hold_new_executables: false,
     }
 }
 

@@ -61,6 +61,10 @@ pub struct LoaderConfig {
     pub rewrite: bool,
     /// Why rewriting is off, for the kernel's own record.
     pub observe_reason: ObserveReason,
+    /// Stop new executables of protected cgroups at exec until inspected. The
+    /// caller must then answer every `EventKind::ExecHeld` by resuming the
+    /// process (SIGCONT), or it stays stopped.
+    pub hold_new_executables: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +79,7 @@ enum Command {
     Apply(Vec<MapOp>, Reply<()>),
     AttachDns(PathBuf, Reply<()>),
     AttachTarget(Box<(PathBuf, FileId, TlsTarget)>, Reply<usize>),
+    DetachFile(FileId, Reply<usize>),
     Counters(Reply<Vec<u64>>),
     Shutdown,
 }
@@ -160,6 +165,11 @@ impl DataPlane {
         let path = path.to_path_buf();
         self.call(|reply| Command::AttachTarget(Box::new((path, id, target)), reply))
             .await
+    }
+
+    /// Removes every probe on one file (and its pins); returns how many.
+    pub async fn detach_file(&self, id: FileId) -> Result<usize, LoaderError> {
+        self.call(|reply| Command::DetachFile(id, reply)).await
     }
 
     /// Sums of the per-CPU counters, indexed by `kloak_counter`.
@@ -264,7 +274,7 @@ struct Loaded<'obj> {
 
 /// Everything attached, by name, so nothing is hooked twice.
 struct LinkSet {
-    links: Vec<Link>,
+    links: Vec<(String, Link)>,
     names: BTreeSet<String>,
     /// Where links are pinned when the instance persists; None for `kloak run`.
     dir: Option<PathBuf>,
@@ -292,7 +302,7 @@ impl LinkSet {
                     source,
                 })?;
                 debug!(link = name, "adopted pinned link");
-                self.links.push(link);
+                self.links.push((name.to_owned(), link));
                 return Ok(0);
             }
         }
@@ -303,8 +313,23 @@ impl LinkSet {
                 source,
             })?;
         }
-        self.links.push(link);
+        self.links.push((name.to_owned(), link));
         Ok(1)
+    }
+
+    /// Detaches the probes of one file: their names carry "-<dev>-<ino>-".
+    fn drop_file(&mut self, id: FileId) -> usize {
+        let tag = format!("-{}-{}-", id.dev, id.ino);
+        let before = self.links.len();
+        self.links.retain_mut(|(name, link)| {
+            let keep = !name.contains(&tag);
+            if !keep && link.pin_path().is_some() {
+                let _ = link.unpin();
+            }
+            keep
+        });
+        self.names.retain(|name| !name.contains(&tag));
+        before - self.links.len()
     }
 }
 
@@ -393,15 +418,17 @@ fn load<'obj>(
                 })
         })?;
     }
-    links.keep("tp-sched_process_exec", || {
-        progs
-            .handle_exec
-            .attach_tracepoint(TracepointCategory::Sched, "sched_process_exec")
-            .map_err(|source| LoaderError::Attach {
-                what: "tracepoint sched/sched_process_exec".into(),
-                source,
-            })
-    })?;
+    if config.hold_new_executables {
+        links.keep("tp-sched_process_exec", || {
+            progs
+                .handle_exec
+                .attach_tracepoint(TracepointCategory::Sched, "sched_process_exec")
+                .map_err(|source| LoaderError::Attach {
+                    what: "tracepoint sched/sched_process_exec".into(),
+                    source,
+                })
+        })?;
+    }
     Ok(Loaded {
         skel,
         links,
@@ -422,6 +449,9 @@ impl Loaded<'_> {
             Command::AttachTarget(request, reply) => {
                 let (path, id, target) = *request;
                 let _ = reply.send(self.attach_target(&path, id, &target));
+            }
+            Command::DetachFile(id, reply) => {
+                let _ = reply.send(Ok(self.links.drop_file(id)));
             }
             Command::Counters(reply) => {
                 let _ = reply.send(self.counters());

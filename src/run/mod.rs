@@ -84,6 +84,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         } else {
             ObserveReason::Lockdown
         },
+        hold_new_executables: true,
     })?;
     let records = state.records()?;
     dataplane.apply(diff(&Records::new(), &records)).await?;
