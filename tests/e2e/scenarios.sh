@@ -153,6 +153,15 @@ fi
 events_have forged-by-workload '"reason":"dns_forged_by_workload"' && pass "forged-by-workload: event says why" \
   || fail forged-by-workload "no dns_forged_by_workload event"
 
+# 5c: S3, the allowed host's verified address reached under another TLS server name
+# (a shared IP or CDN): the ClientHello must name the allowed host too.
+run_allowed sni sh -c "curl -sS -m 10 -o /dev/null -H \"$AUTH\" https://allowed.kloak.test:8443/ \
+  --next -sS -m 10 -o /dev/null --resolve other.kloak.test:8443:127.0.0.1 -H \"$AUTH\" https://other.kloak.test:8443/"
+events_have sni '"reason":"server_name_mismatch"' && pass "sni: other server name on the allowed address refused" \
+  || fail sni "no server_name_mismatch event: $(head -c 600 "$WORK/sni.events")"
+[ "$(grep -c 'kloak:' <(received "$WORK/a.rec"))" -ge 1 ] && pass "sni: that request carried the placeholder" \
+  || fail sni "the second request did not carry the placeholder"
+
 # 6: port mismatch.
 : > "$WORK/a.rec"
 RESOLVER=127.0.0.53 kloak_run port --secret "API_KEY=@$WORK/api_key" \
