@@ -74,6 +74,10 @@ int BPF_UPROBE(handle_ssl_set_bio, void *ssl)
 	return 0;
 }
 
+/*
+ * A handshake inside SSL_write (implicit handshake) must not replace or end
+ * the write's own record: the write's return probe needs it.
+ */
 SEC("uprobe")
 int BPF_UPROBE(handle_ssl_handshake, void *ssl)
 {
@@ -81,7 +85,7 @@ int BPF_UPROBE(handle_ssl_handshake, void *ssl)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	if (enabled_cgroup())
-		bpf_map_update_elem(&tls_calls, &tid, &call, BPF_ANY);
+		bpf_map_update_elem(&tls_calls, &tid, &call, BPF_NOEXIST);
 	return 0;
 }
 
@@ -89,8 +93,10 @@ SEC("uretprobe")
 int BPF_URETPROBE(handle_ssl_handshake_ret)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct kloak_tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
 
-	bpf_map_delete_elem(&tls_calls, &tid);
+	if (call && call->buf == 0)
+		bpf_map_delete_elem(&tls_calls, &tid);
 	return 0;
 }
 

@@ -52,8 +52,10 @@ static __always_inline void ssl_write_exit(const bool can_write)
 	__u32 tid = (__u32)pid_tgid;
 	struct kloak_restore_key key = { .tgid = pid_tgid >> 32, .tid = tid };
 
-	if (bpf_map_delete_elem(&tls_calls, &tid))
-		return;                  /* not a write kloak looked at */
+	if (!enabled_cgroup())
+		return;
+	bpf_map_delete_elem(&tls_calls, &tid);
+	/* Always: whatever ran inside the write, its placeholders go back (S5). */
 	if (can_write)
 		restore_all(&key);
 }

@@ -29,13 +29,18 @@ def raw_request(args, context):
         head += os.path.expandvars(header) + "\r\n"
     request = head.encode() + b"\r\n" + body
     with socket.create_connection(address, timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
+        with context.wrap_socket(raw, server_hostname=host,
+                                 do_handshake_on_connect=not args.lazy_handshake) as tls:
             cut = request.find(b"kloak:")
             if args.split and cut >= 0:
                 tls.sendall(request[:cut + 9])
                 tls.sendall(request[cut + 9:])
             else:
                 tls.sendall(request)
+            # S5: the bytes object OpenSSL read from must hold the placeholder again.
+            if b"kloak:" not in request and b"kloak:" in (head.encode() + body):
+                print("S5 VIOLATION: the request bytes kept the real value", file=sys.stderr)
+                return 1
             reply = tls.recv(4096)
             print(args.raw, reply.split(b"\r\n", 1)[0].decode(errors="replace"))
     return 0
@@ -47,6 +52,8 @@ def main():
     parser.add_argument("--raw")
     parser.add_argument("--wait-after-resolve", type=float, default=0)
     parser.add_argument("--split", action="store_true")
+    parser.add_argument("--lazy-handshake", action="store_true",
+                        help="let the first SSL_write run the handshake (no explicit SSL_do_handshake)")
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--body")
     args = parser.parse_args()

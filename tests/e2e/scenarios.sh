@@ -104,6 +104,14 @@ check_delivery go "$WORK/a.rec"
 run_allowed go-via-shell sh -c "echo starting; \"\$0\" -url https://allowed.kloak.test:8443/ -header '$AUTH'" "$GOCLIENT"
 check_delivery go-via-shell "$WORK/a.rec"
 
+# 3c: the first SSL_write runs the handshake itself; the placeholder still goes back (S5).
+run_allowed lazy-handshake python3 "$E2E/pyclient.py" --raw allowed.kloak.test:8443 --lazy-handshake \
+  --header "$AUTH" --body 'token=$API_KEY'
+check_delivery lazy-handshake "$WORK/a.rec"
+grep -q "S5 VIOLATION" "$WORK/lazy-handshake.log" "$WORK/lazy-handshake.out" \
+  && fail lazy-handshake "the buffer kept the real value (S5)" \
+  || pass "lazy-handshake: buffer holds the placeholder after the write (S5)"
+
 # 4: S2, a second connection from the same process to another address.
 run_allowed second-conn "$GOCLIENT" -url https://allowed.kloak.test:8443/ -url https://127.0.0.2:8443/ -header "$AUTH"
 check_delivery second-conn "$WORK/a.rec"
@@ -159,7 +167,7 @@ run_allowed sni sh -c "curl -sS -m 10 -o /dev/null -H \"$AUTH\" https://allowed.
   --next -sS -m 10 -o /dev/null --resolve other.kloak.test:8443:127.0.0.1 -H \"$AUTH\" https://other.kloak.test:8443/"
 events_have sni '"reason":"server_name_mismatch"' && pass "sni: other server name on the allowed address refused" \
   || fail sni "no server_name_mismatch event: $(head -c 600 "$WORK/sni.events")"
-[ "$(grep -c 'kloak:' <(received "$WORK/a.rec"))" -ge 1 ] && pass "sni: that request carried the placeholder" \
+[ "$(received "$WORK/a.rec" | grep -c 'kloak:')" -ge 1 ] && pass "sni: that request carried the placeholder" \
   || fail sni "the second request did not carry the placeholder"
 
 # 6: port mismatch.
