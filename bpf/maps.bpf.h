@@ -121,7 +121,6 @@ struct {
  * by a full comparison against the user's buffer itself.
  */
 struct scan_scratch {
-	__u32 owner;
 	__u32 count;
 	__u32 cand[KLOAK_MAX_MATCHES];
 	__u8 buf[KLOAK_SCAN_MAX + 64];

@@ -403,7 +403,6 @@ static __always_inline int on_tls_write(struct write_ctx *c, __u64 buf, __u64 le
 	}
 	c->now = bpf_ktime_get_boot_ns();
 	c->scratch = s;
-	s->owner = (__u32)bpf_get_current_pid_tgid();
 	s->count = 0;
 	n = c->len;
 	barrier_var(n);

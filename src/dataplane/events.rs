@@ -24,7 +24,6 @@ pub enum DecodeError {
 pub enum EventKind {
     Rewritten,
     Blocked,
-    Restored,
     DnsAccepted,
     DnsRejected,
     ConnectionLearned,
@@ -161,7 +160,6 @@ impl Event {
         let kind = match kloak_event_kind(raw.kind) {
             kloak_event_kind::KLOAK_EVENT_TLS_REWRITTEN => EventKind::Rewritten,
             kloak_event_kind::KLOAK_EVENT_TLS_BLOCKED => EventKind::Blocked,
-            kloak_event_kind::KLOAK_EVENT_TLS_RESTORED => EventKind::Restored,
             kloak_event_kind::KLOAK_EVENT_DNS_ACCEPTED => EventKind::DnsAccepted,
             kloak_event_kind::KLOAK_EVENT_DNS_REJECTED => EventKind::DnsRejected,
             kloak_event_kind::KLOAK_EVENT_CONN_LEARNED => EventKind::ConnectionLearned,
@@ -217,7 +215,6 @@ impl fmt::Display for EventKind {
         f.write_str(match self {
             Self::Rewritten => "rewritten",
             Self::Blocked => "blocked",
-            Self::Restored => "restored",
             Self::DnsAccepted => "dns accepted",
             Self::DnsRejected => "dns rejected",
             Self::ConnectionLearned => "connection",

@@ -57,9 +57,7 @@ impl Names {
             EventKind::DnsRejected => {
                 format!("kloak: DNS answer ignored ({peer}): {}", self.detail(event))
             }
-            EventKind::Restored | EventKind::ConnectionLearned | EventKind::ExecHeld => {
-                return None
-            }
+            EventKind::ConnectionLearned | EventKind::ExecHeld => return None,
         })
     }
 
