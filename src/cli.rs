@@ -33,6 +33,102 @@ pub enum Command {
     Run(RunArgs),
     /// Check what this node's kernel allows; exits non-zero when it cannot rewrite.
     Doctor(DoctorArgs),
+    /// Node agent (DaemonSet): shadow Secrets, pod discovery, the eBPF data plane.
+    Controller(ControllerArgs),
+    /// Mutating admission webhook: points kloak-enabled pods at shadow Secrets.
+    Webhook(WebhookArgs),
+    /// Create or reuse the webhook's CA and serving certificate; patch the caBundle.
+    Certgen(CertgenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// This node's name (the downward API's spec.nodeName); only its pods are tracked.
+    #[arg(long, env = "KLOAK_NODE_NAME")]
+    pub node_name: String,
+    /// This agent's pod name: its identity in leader election.
+    #[arg(long, env = "KLOAK_POD_NAME")]
+    pub pod_name: String,
+    /// Namespace of the leader-election Lease (the agent's own namespace).
+    #[arg(long, env = "KLOAK_NAMESPACE", default_value = "kloak-system")]
+    pub namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "kloak-controller")]
+    pub lease_name: String,
+    /// Watch Secrets in these namespaces only (comma-separated or repeated); default: all.
+    #[arg(long = "watch-namespace", value_delimiter = ',', value_name = "NS")]
+    pub watch_namespaces: Vec<String>,
+    /// A Secret without `getkloak.io/hosts` gets no shadow (instead of "any host" with a warning).
+    #[arg(long, env = "KLOAK_REQUIRE_HOSTS")]
+    pub require_hosts: bool,
+    /// Trusted DNS server besides the auto-discovered kube-dns Service (IP or IP:PORT, repeatable).
+    #[arg(long = "dns-server", value_delimiter = ',', value_name = "ADDR")]
+    pub dns_servers: Vec<String>,
+    /// Address of the /healthz, /readyz and /metrics endpoints.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Where the host's /proc is visible (hostPID); used to find container processes.
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// Where the host's cgroup file system is mounted.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// Where maps and links are pinned so a restart adopts them.
+    #[arg(long, default_value = "/sys/fs/bpf/kloak/controller")]
+    pub pin_dir: PathBuf,
+    /// Seconds a replaced placeholder keeps working (until the kubelet refreshes mounted shadows).
+    #[arg(long, default_value_t = 600)]
+    pub grace_seconds: u64,
+    /// Seconds between full resyncs (a safety net: changes arrive by watch).
+    #[arg(long, default_value_t = 300)]
+    pub resync_seconds: u64,
+    /// Never rewrite: report what would happen.
+    #[arg(long)]
+    pub observe: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Serving certificate chain (PEM); re-read when the file changes.
+    #[arg(long, default_value = "/etc/kloak/tls/tls.crt")]
+    pub tls_cert: PathBuf,
+    /// Serving key (PEM); re-read when the file changes.
+    #[arg(long, default_value = "/etc/kloak/tls/tls.key")]
+    pub tls_key: PathBuf,
+    /// Largest AdmissionReview body accepted, in bytes.
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds a client has to send its request headers (and finish the TLS handshake).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_seconds: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, default_value_t = 25)]
+    pub drain_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CertgenArgs {
+    /// Namespace of the webhook Service and of the certificate Secret.
+    #[arg(long, env = "KLOAK_NAMESPACE", default_value = "kloak-system")]
+    pub namespace: String,
+    /// The webhook Service; the certificate covers its cluster DNS names.
+    #[arg(long, default_value = "kloak-webhook")]
+    pub service: String,
+    /// Secret (type kubernetes.io/tls) holding the CA and the serving certificate.
+    #[arg(long, default_value = "kloak-webhook-tls")]
+    pub secret: String,
+    /// MutatingWebhookConfiguration whose webhooks get the caBundle.
+    #[arg(long, default_value = "kloak")]
+    pub webhook_config: String,
+    /// Certificates valid for fewer days than this are replaced.
+    #[arg(long, default_value_t = 30)]
+    pub min_validity_days: u32,
+    /// Also write tls.crt, tls.key and ca.crt here (init-container mode).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,12 +3,15 @@
 //! The binary's subcommands share these modules; pure decision logic lives
 //! apart from I/O so it is unit-tested.
 
+pub mod certs;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod doctor;
+pub mod k8s;
 pub mod placeholder;
 pub mod policy;
 pub mod run;
 pub mod telemetry;
+pub mod webhook;

@@ -1,0 +1,1 @@
+//! Webhook certificates: CA and serving certificate (rcgen), and `kloak certgen`.

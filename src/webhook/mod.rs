@@ -1,0 +1,1 @@
+//! Mutating admission webhook: points kloak-enabled pods at shadow Secrets.
