@@ -7,6 +7,7 @@ pub mod certs;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod doctor;
 pub mod k8s;

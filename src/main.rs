@@ -3,7 +3,7 @@
 use clap::Parser;
 
 use kloak::cli::{Cli, Command};
-use kloak::{doctor, run, telemetry};
+use kloak::{certs, controller, doctor, run, telemetry, webhook};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -26,6 +26,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Doctor(args) => doctor::run(args),
+            Command::Controller(args) => controller::run(args).await,
+            Command::Webhook(args) => webhook::run(args).await,
+            Command::Certgen(args) => certs::run(args).await,
         }
     });
     match result {
