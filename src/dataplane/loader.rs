@@ -19,9 +19,10 @@ use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder, TracepointCategory, 
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
+use zeroize::Zeroizing;
 
 use super::events::{Event, EventKind};
-use super::maps::{MapName, MapOp};
+use super::maps::{MapName, MapOp, Records};
 use super::skel::bytes_of;
 use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
 use super::skel::types::{kloak_counter, kloak_rewrite_mode, kloak_target};
@@ -81,6 +82,7 @@ enum Command {
     AttachTarget(Box<(PathBuf, FileId, TlsTarget)>, Reply<usize>),
     DetachFile(FileId, Reply<usize>),
     Counters(Reply<Vec<u64>>),
+    Snapshot(Vec<MapName>, Reply<Records>),
     Shutdown,
 }
 
@@ -165,6 +167,14 @@ impl DataPlane {
         let path = path.to_path_buf();
         self.call(|reply| Command::AttachTarget(Box::new((path, id, target)), reply))
             .await
+    }
+
+    /// What the given maps hold now: after adopting pinned maps, the base to
+    /// diff the desired state against, so stale entries are removed and
+    /// unchanged ones are never rewritten (no window without rewrites).
+    pub async fn snapshot(&self, maps: &[MapName]) -> Result<Records, LoaderError> {
+        let maps = maps.to_vec();
+        self.call(|reply| Command::Snapshot(maps, reply)).await
     }
 
     /// Removes every probe on one file (and its pins); returns how many.
@@ -456,6 +466,9 @@ impl Loaded<'_> {
             Command::Counters(reply) => {
                 let _ = reply.send(self.counters());
             }
+            Command::Snapshot(maps, reply) => {
+                let _ = reply.send(self.snapshot(&maps));
+            }
             Command::Shutdown => {}
         }
     }
@@ -645,6 +658,26 @@ impl Loaded<'_> {
         }
         info!(path = %path.display(), probes = attached, "TLS target hooked");
         Ok(attached)
+    }
+
+    fn snapshot(&self, names: &[MapName]) -> Result<Records, LoaderError> {
+        let mut records = Records::new();
+        for &name in names {
+            let map = self.map(name);
+            for key in map.keys() {
+                let value = map
+                    .lookup(&key, MapFlags::ANY)
+                    .map_err(|source| LoaderError::Map {
+                        map: name.as_str(),
+                        source,
+                    })?;
+                // A key deleted between listing and lookup is simply not there.
+                if let Some(value) = value {
+                    records.insert((name, key), Zeroizing::new(value));
+                }
+            }
+        }
+        Ok(records)
     }
 
     fn counters(&self) -> Result<Vec<u64>, LoaderError> {

@@ -1,6 +1,7 @@
 //! The eBPF data plane: skeleton, loader thread, map records, events, kernel probes.
 
 pub mod events;
+pub mod hooking;
 pub mod loader;
 pub mod maps;
 pub mod probes;

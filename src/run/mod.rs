@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::cli::RunArgs;
 use crate::config::{self, RunInput};
-use crate::dataplane::maps::{diff, host_id, inspected_file, DesiredState, Records, SecretState};
+use crate::dataplane::hooking;
+use crate::dataplane::maps::{diff, host_id, DesiredState, Records, SecretState};
 use crate::dataplane::probes;
-use crate::dataplane::targets::{self, file_id};
+use crate::dataplane::targets;
 use crate::dataplane::{DataPlane, EventKind, LoaderConfig, ObserveReason};
 use crate::placeholder::{self, Placeholder};
 use crate::policy::parse_port;
@@ -158,7 +159,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         tokio::select! {
             Some(event) = events.recv() => {
                 if event.kind == EventKind::ExecHeld {
-                    hook_exec(&dataplane, event.pid).await;
+                    hooking::hook_exec(&dataplane, Path::new("/proc"), event.pid).await;
                 }
                 reporter.report(&event);
             }
@@ -171,7 +172,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     tokio::time::sleep(Duration::from_millis(150)).await;
     while let Ok(event) = events.try_recv() {
         if event.kind == EventKind::ExecHeld {
-            hook_exec(&dataplane, event.pid).await;
+            hooking::hook_exec(&dataplane, Path::new("/proc"), event.pid).await;
         }
         reporter.report(&event);
     }
@@ -273,49 +274,8 @@ async fn hook_targets(dataplane: &DataPlane, program: &str) {
         files.push(exe);
     }
     for path in files {
-        hook_file(dataplane, &path).await;
+        hooking::hook_file(dataplane, &path).await;
     }
-}
-
-/// Hooks one file when it has TLS to hook, and marks it inspected either way.
-async fn hook_file(dataplane: &DataPlane, path: &Path) {
-    let id = match file_id(path) {
-        Ok(id) => id,
-        Err(err) => {
-            warn!(path = %path.display(), %err, "cannot stat");
-            return;
-        }
-    };
-    match targets::inspect(path) {
-        Ok(Some(target)) => {
-            let kind = target.kind();
-            if let Err(err) = dataplane.attach_target(path, id, target).await {
-                warn!(path = %path.display(), kind, %err, "cannot hook");
-            }
-        }
-        Ok(None) => debug!(path = %path.display(), "no TLS to hook"),
-        Err(err) if err.is_unsupported() => warn!(%err, "not hooked"),
-        Err(err) => warn!(%err, "cannot inspect"),
-    }
-    if let Err(err) = dataplane.apply(vec![inspected_file(id)]).await {
-        warn!(path = %path.display(), %err, "cannot record the file as inspected");
-    }
-}
-
-/// A process the kernel stopped at exec: hook what it runs, then always resume it.
-async fn hook_exec(dataplane: &DataPlane, pid: u32) {
-    match targets::process_tls_files(Path::new("/proc"), pid) {
-        Ok(files) => {
-            for path in files {
-                hook_file(dataplane, &path).await;
-            }
-        }
-        Err(err) => debug!(pid, %err, "exec'd process already gone"),
-    }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    );
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -1,0 +1,76 @@
+//! Hooking the TLS code a process runs: shared by `kloak run` and the node agent.
+
+use std::path::Path;
+
+use tracing::{debug, warn};
+
+use super::loader::DataPlane;
+use super::maps::inspected_file;
+use super::targets::{self, file_id};
+
+/// Hooks one file when it has TLS to hook, and marks it inspected either way
+/// (so the kernel stops holding its execs). Returns the probes attached now.
+pub async fn hook_file(dataplane: &DataPlane, path: &Path) -> usize {
+    let id = match file_id(path) {
+        Ok(id) => id,
+        Err(err) => {
+            warn!(path = %path.display(), %err, "cannot stat");
+            return 0;
+        }
+    };
+    let attached = match targets::inspect(path) {
+        Ok(Some(target)) => {
+            let kind = target.kind();
+            match dataplane.attach_target(path, id, target).await {
+                Ok(probes) => probes,
+                Err(err) => {
+                    warn!(path = %path.display(), kind, %err, "cannot hook");
+                    0
+                }
+            }
+        }
+        Ok(None) => {
+            debug!(path = %path.display(), "no TLS to hook");
+            0
+        }
+        Err(err) if err.is_unsupported() => {
+            warn!(%err, "not hooked");
+            0
+        }
+        Err(err) => {
+            warn!(%err, "cannot inspect");
+            0
+        }
+    };
+    if let Err(err) = dataplane.apply(vec![inspected_file(id)]).await {
+        warn!(path = %path.display(), %err, "cannot record the file as inspected");
+    }
+    attached
+}
+
+/// Hooks the executable and TLS libraries of a running process.
+pub async fn hook_process(dataplane: &DataPlane, proc_root: &Path, pid: u32) -> usize {
+    match targets::process_tls_files(proc_root, pid) {
+        Ok(files) => {
+            let mut attached = 0;
+            for path in files {
+                attached += hook_file(dataplane, &path).await;
+            }
+            attached
+        }
+        Err(err) => {
+            debug!(pid, %err, "process already gone");
+            0
+        }
+    }
+}
+
+/// A process the kernel stopped at exec: hook what it runs, then always resume it.
+pub async fn hook_exec(dataplane: &DataPlane, proc_root: &Path, pid: u32) -> usize {
+    let attached = hook_process(dataplane, proc_root, pid).await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    );
+    attached
+}
