@@ -14,5 +14,6 @@ pub mod k8s;
 pub mod placeholder;
 pub mod policy;
 pub mod run;
+pub mod secrets;
 pub mod telemetry;
 pub mod webhook;
