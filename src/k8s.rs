@@ -17,7 +17,8 @@ pub const FIELD_MANAGER: &str = "kloak";
 /// The only value of [`ENABLED_LABEL`] and [`MANAGED_LABEL`] that opts in.
 pub const TRUE: &str = "true";
 
-const SHADOW_SUFFIX: &str = "-kloak";
+/// What a shadow Secret's name adds to its source's.
+pub const SHADOW_SUFFIX: &str = "-kloak";
 
 /// The shadow Secret's name for a source Secret.
 pub fn shadow_name(source: &str) -> String {
