@@ -1,0 +1,465 @@
+//! The node agent's state machine: watch events in, kernel map updates out.
+//!
+//! Every agent keeps the labelled sources (with their values), the shadows
+//! and its node's pods; after each change it computes the desired kernel
+//! state and applies only the difference. Nothing is applied before every
+//! watch has listed once, so a restarted agent never removes a mapping the
+//! previous one installed just because it has not been listed yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use tracing::{debug, trace, warn};
+
+use crate::dataplane::loader::LoaderError;
+use crate::dataplane::maps::{diff, MapError, MapName, MapOp, Records};
+use crate::dataplane::DataPlane;
+use crate::k8s;
+use crate::secrets::shadow::{self, recorded};
+use crate::secrets::store::{NodeStore, PodBinding, Shadow, Source, Unmapped};
+use crate::secrets::SecretRef;
+
+/// The maps the agent owns: adopted entries of these are diffed away when stale.
+pub const OWNED_MAPS: &[MapName] = &[
+    MapName::Cgroups,
+    MapName::Secrets,
+    MapName::Bindings,
+    MapName::Names,
+    MapName::Resolvers,
+];
+
+/// Where map updates go: the data plane, or a recorder in tests.
+pub trait MapSink {
+    fn apply(&self, ops: Vec<MapOp>) -> impl Future<Output = Result<(), LoaderError>> + Send;
+}
+
+impl MapSink for DataPlane {
+    fn apply(&self, ops: Vec<MapOp>) -> impl Future<Output = Result<(), LoaderError>> + Send {
+        DataPlane::apply(self, ops)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("computing map records: {0}")]
+    Records(#[from] MapError),
+    #[error("updating kernel maps: {0}")]
+    Apply(#[from] LoaderError),
+}
+
+/// Which watch an event came from (each lists once before the first sync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feed {
+    Sources,
+    Shadows,
+    Pods,
+}
+
+/// What one sync did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Map updates applied (0: nothing changed, or still waiting for the first listing).
+    pub ops: usize,
+    pub secrets_mapped: usize,
+    pub secrets_any_host: usize,
+    pub unmapped: Vec<Unmapped>,
+}
+
+pub struct Agent<S> {
+    sink: S,
+    store: NodeStore,
+    /// Source Secrets as last seen (the leader plans shadows from them).
+    sources: BTreeMap<SecretRef, Secret>,
+    /// Shadows as last seen, keyed by their source.
+    shadows: BTreeMap<SecretRef, Secret>,
+    applied: Records,
+    require_hosts: bool,
+    grace_seconds: i64,
+    listed: BTreeSet<Feed>,
+    relisting: BTreeMap<Feed, BTreeSet<String>>,
+}
+
+impl<S: MapSink> Agent<S> {
+    /// `adopted`: what the pinned maps already hold (empty on a first start).
+    pub fn new(sink: S, adopted: Records, require_hosts: bool, grace_seconds: i64) -> Self {
+        Self {
+            sink,
+            store: NodeStore::default(),
+            sources: BTreeMap::new(),
+            shadows: BTreeMap::new(),
+            applied: adopted,
+            require_hosts,
+            grace_seconds,
+            listed: BTreeSet::new(),
+            relisting: BTreeMap::new(),
+        }
+    }
+
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    pub fn store_mut(&mut self) -> &mut NodeStore {
+        &mut self.store
+    }
+
+    /// True once every feed has listed and the maps were synced once.
+    pub fn is_synced(&self) -> bool {
+        self.listed.len() == 3
+    }
+
+    pub fn source(&self, secret: &SecretRef) -> Option<&Secret> {
+        self.sources.get(secret)
+    }
+
+    pub fn shadow(&self, secret: &SecretRef) -> Option<&Secret> {
+        self.shadows.get(secret)
+    }
+
+    /// Every source or shadow this node knows of (the leader's full reconcile).
+    pub fn known_secrets(&self) -> BTreeSet<SecretRef> {
+        self.sources
+            .keys()
+            .chain(self.shadows.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// A watch restarted: objects not listed again by `end_listing` are gone.
+    pub fn begin_listing(&mut self, feed: Feed) {
+        self.relisting.insert(feed, BTreeSet::new());
+    }
+
+    fn note_listed(&mut self, feed: Feed, key: String) {
+        if let Some(seen) = self.relisting.get_mut(&feed) {
+            seen.insert(key);
+        }
+    }
+
+    /// Ends a listing; returns the keys that vanished (pod uids for `Pods`).
+    pub fn end_listing(&mut self, feed: Feed) -> Vec<String> {
+        let seen = self.relisting.remove(&feed).unwrap_or_default();
+        self.listed.insert(feed);
+        let vanished: Vec<String> = match feed {
+            Feed::Sources => self
+                .sources
+                .keys()
+                .map(ToString::to_string)
+                .filter(|k| !seen.contains(k))
+                .collect(),
+            Feed::Shadows => self
+                .shadows
+                .keys()
+                .map(ToString::to_string)
+                .filter(|k| !seen.contains(k))
+                .collect(),
+            Feed::Pods => self
+                .store
+                .pods()
+                .map(|(uid, _)| uid.clone())
+                .filter(|k| !seen.contains(k))
+                .collect(),
+        };
+        for key in &vanished {
+            match feed {
+                Feed::Sources => {
+                    if let Some(secret) = parse_ref(key) {
+                        self.source_deleted(&secret);
+                    }
+                }
+                Feed::Shadows => {
+                    if let Some(secret) = parse_ref(key) {
+                        self.shadows.remove(&secret);
+                        self.store.remove_shadow(&secret);
+                    }
+                }
+                Feed::Pods => {
+                    self.store.remove_pod(key);
+                }
+            }
+        }
+        vanished
+    }
+
+    /// A labelled source was added or changed. Bad input maps nothing.
+    pub fn source_applied(&mut self, secret: Secret, now: i64) -> SecretRef {
+        let key = SecretRef::new(secret.namespace().unwrap_or_default(), secret.name_any());
+        self.note_listed(Feed::Sources, key.to_string());
+        if !k8s::is_enabled(secret.metadata.labels.as_ref()) {
+            self.source_deleted(&key);
+            return key;
+        }
+        let policy = shadow::policy_of(&secret, self.require_hosts);
+        let values = shadow::values_of(&secret);
+        match (policy, values) {
+            (Ok(policy), Ok(values)) => {
+                trace!(secret = %key, keys = values.len(), any_host = policy.allows_any_host(), "source stored");
+                self.store.upsert_source(
+                    key.clone(),
+                    Source { policy, values },
+                    now,
+                    self.grace_seconds,
+                );
+            }
+            _ => {
+                debug!(secret = %key, "source refused: no mapping (the leader reports why)");
+                self.store.remove_source(&key);
+            }
+        }
+        self.sources.insert(key.clone(), secret);
+        key
+    }
+
+    pub fn source_deleted(&mut self, secret: &SecretRef) {
+        self.sources.remove(secret);
+        self.store.remove_source(secret);
+    }
+
+    /// A managed shadow was added or changed; returns its source.
+    pub fn shadow_applied(&mut self, shadow_secret: Secret) -> Option<SecretRef> {
+        let namespace = shadow_secret.namespace().unwrap_or_default();
+        let owner = shadow_secret.labels().get(k8s::OWNER_LABEL).cloned()?;
+        let source = SecretRef::new(namespace, owner);
+        if shadow_secret.name_any() != k8s::shadow_name(&source.name)
+            || !shadow::is_shadow_of(&shadow_secret, &source.name)
+        {
+            warn!(shadow = %shadow_secret.name_any(), owner = %source.name, "managed label on a Secret that is not the owner's shadow: ignored");
+            return None;
+        }
+        self.note_listed(Feed::Shadows, source.to_string());
+        let (placeholders, retired) = recorded(&shadow_secret);
+        self.store.upsert_shadow(
+            source.clone(),
+            Shadow {
+                placeholders,
+                retired,
+            },
+        );
+        self.shadows.insert(source.clone(), shadow_secret);
+        Some(source)
+    }
+
+    pub fn shadow_deleted(&mut self, shadow_secret: &Secret) -> Option<SecretRef> {
+        let owner = shadow_secret.labels().get(k8s::OWNER_LABEL)?;
+        let source = SecretRef::new(shadow_secret.namespace().unwrap_or_default(), owner.clone());
+        self.shadows.remove(&source);
+        self.store.remove_shadow(&source);
+        Some(source)
+    }
+
+    pub fn pod_applied(&mut self, uid: String, binding: PodBinding) {
+        self.note_listed(Feed::Pods, uid.clone());
+        self.store.upsert_pod(uid, binding);
+    }
+
+    pub fn pod_deleted(&mut self, uid: &str) -> Option<PodBinding> {
+        self.store.remove_pod(uid)
+    }
+
+    /// Applies the difference between the desired and the applied state.
+    pub async fn sync(&mut self, now: i64) -> Result<SyncReport, SyncError> {
+        if !self.is_synced() {
+            return Ok(SyncReport::default());
+        }
+        self.store.expire(now);
+        let (state, unmapped) = self.store.desired(now);
+        let records = state.records()?;
+        let ops = diff(&self.applied, &records);
+        let count = ops.len();
+        if count > 0 {
+            if let Err(err) = self.sink.apply(ops).await {
+                // Part may have landed: remember every key it could have
+                // written, so a later diff rewrites or deletes each of them.
+                for key in records.keys() {
+                    self.applied.entry(key.clone()).or_default();
+                }
+                return Err(err.into());
+            }
+            self.applied = records;
+        }
+        let (secrets_mapped, secrets_any_host) = self.store.counts(now);
+        Ok(SyncReport {
+            ops: count,
+            secrets_mapped,
+            secrets_any_host,
+            unmapped,
+        })
+    }
+}
+
+fn parse_ref(text: &str) -> Option<SecretRef> {
+    let (namespace, name) = text.split_once('/')?;
+    Some(SecretRef::new(namespace, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::shadow::tests::{source, REAL};
+    use std::sync::{Arc, Mutex};
+
+    /// Records every batch of map updates.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<(MapName, bool)>>>>);
+
+    impl MapSink for Recorder {
+        fn apply(&self, ops: Vec<MapOp>) -> impl Future<Output = Result<(), LoaderError>> + Send {
+            let batch = ops.iter().map(|op| (op.map, op.value.is_some())).collect();
+            if let Ok(mut batches) = self.0.lock() {
+                batches.push(batch);
+            }
+            async { Ok(()) }
+        }
+    }
+
+    impl Recorder {
+        fn batches(&self) -> Vec<Vec<(MapName, bool)>> {
+            self.0.lock().map(|b| b.clone()).unwrap_or_default()
+        }
+    }
+
+    fn labelled_source() -> Secret {
+        source(
+            &[("API_KEY", REAL)],
+            &[(k8s::HOSTS_ANNOTATION, "api.openai.com")],
+        )
+    }
+
+    fn shadow_of(src: &Secret) -> Secret {
+        let plan = shadow::plan(src, None, false, 0, 600, &mut rand::rngs::OsRng).expect("plan");
+        shadow::shadow_secret(src, &plan)
+    }
+
+    fn listed_agent() -> (Agent<Recorder>, Recorder) {
+        let sink = Recorder::default();
+        let mut agent = Agent::new(sink.clone(), Records::new(), false, 600);
+        for feed in [Feed::Sources, Feed::Shadows, Feed::Pods] {
+            agent.begin_listing(feed);
+            agent.end_listing(feed);
+        }
+        (agent, sink)
+    }
+
+    fn binding(cgroup: u64) -> PodBinding {
+        PodBinding {
+            namespace: "agents".into(),
+            secrets: ["openai".to_owned()].into(),
+            cgroups: [cgroup].into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_applied_until_every_feed_has_listed() {
+        let sink = Recorder::default();
+        let mut agent = Agent::new(sink.clone(), Records::new(), false, 600);
+        let src = labelled_source();
+        agent.begin_listing(Feed::Sources);
+        agent.source_applied(src.clone(), 0);
+        agent.end_listing(Feed::Sources);
+        agent.begin_listing(Feed::Shadows);
+        agent.shadow_applied(shadow_of(&src));
+        agent.end_listing(Feed::Shadows);
+        assert_eq!(agent.sync(0).await.expect("sync").ops, 0);
+        assert!(sink.batches().is_empty());
+        agent.begin_listing(Feed::Pods);
+        agent.end_listing(Feed::Pods);
+        assert!(agent.is_synced());
+        let report = agent.sync(0).await.expect("sync");
+        assert!(report.ops > 0);
+        assert_eq!(report.secrets_mapped, 1);
+    }
+
+    #[tokio::test]
+    async fn a_secret_change_reaches_the_maps_and_an_unchanged_resync_writes_nothing() {
+        let (mut agent, sink) = listed_agent();
+        let src = labelled_source();
+        agent.source_applied(src.clone(), 0);
+        agent.shadow_applied(shadow_of(&src));
+        agent.pod_applied("uid-1".into(), binding(42));
+        let first = agent.sync(0).await.expect("sync");
+        let maps: BTreeSet<MapName> = sink.batches()[0].iter().map(|(m, _)| *m).collect();
+        assert!(
+            maps.contains(&MapName::Secrets)
+                && maps.contains(&MapName::Bindings)
+                && maps.contains(&MapName::Cgroups)
+        );
+        assert!(first.ops >= 3);
+        assert_eq!(
+            agent.sync(1).await.expect("sync").ops,
+            0,
+            "resync without change"
+        );
+        agent.pod_deleted("uid-1");
+        let removed = agent.sync(2).await.expect("sync");
+        assert!(removed.ops >= 2, "binding and cgroup removed");
+        assert!(sink.batches()[1].iter().all(|(_, upsert)| !upsert));
+    }
+
+    #[tokio::test]
+    async fn removing_the_label_removes_the_mapping() {
+        let (mut agent, sink) = listed_agent();
+        let src = labelled_source();
+        agent.source_applied(src.clone(), 0);
+        agent.shadow_applied(shadow_of(&src));
+        agent.sync(0).await.expect("sync");
+        let mut unlabelled = src.clone();
+        unlabelled.metadata.labels = None;
+        agent.source_applied(unlabelled, 1);
+        let report = agent.sync(1).await.expect("sync");
+        assert_eq!(report.secrets_mapped, 0);
+        assert!(sink.batches()[1].contains(&(MapName::Secrets, false)));
+    }
+
+    #[tokio::test]
+    async fn a_relist_drops_what_vanished_while_the_watch_was_down() {
+        let (mut agent, _) = listed_agent();
+        let src = labelled_source();
+        agent.source_applied(src.clone(), 0);
+        agent.shadow_applied(shadow_of(&src));
+        agent.pod_applied("uid-1".into(), binding(42));
+        agent.sync(0).await.expect("sync");
+        agent.begin_listing(Feed::Pods);
+        assert_eq!(agent.end_listing(Feed::Pods), vec!["uid-1".to_owned()]);
+        agent.begin_listing(Feed::Sources);
+        agent.end_listing(Feed::Sources);
+        assert_eq!(agent.sync(1).await.expect("sync").secrets_mapped, 0);
+    }
+
+    #[tokio::test]
+    async fn adopted_entries_that_are_still_wanted_are_not_rewritten() {
+        // A restart: the new agent starts from what the pinned maps hold.
+        let (mut before, _) = listed_agent();
+        let src = labelled_source();
+        let shadow_secret = shadow_of(&src);
+        before.source_applied(src.clone(), 0);
+        before.shadow_applied(shadow_secret.clone());
+        before.pod_applied("uid-1".into(), binding(42));
+        before.sync(0).await.expect("sync");
+        let pinned = before.applied.clone();
+
+        let sink = Recorder::default();
+        let mut after = Agent::new(sink.clone(), pinned, false, 600);
+        for feed in [Feed::Sources, Feed::Shadows, Feed::Pods] {
+            after.begin_listing(feed);
+        }
+        after.source_applied(src, 5);
+        after.shadow_applied(shadow_secret);
+        after.pod_applied("uid-1".into(), binding(42));
+        for feed in [Feed::Sources, Feed::Shadows, Feed::Pods] {
+            after.end_listing(feed);
+        }
+        assert_eq!(after.sync(5).await.expect("sync").ops, 0);
+        assert!(sink.batches().is_empty(), "no delete-then-add window");
+    }
+
+    #[tokio::test]
+    async fn a_shadow_whose_name_does_not_match_its_owner_is_ignored() {
+        let (mut agent, _) = listed_agent();
+        let src = labelled_source();
+        let mut forged = shadow_of(&src);
+        forged.metadata.name = Some("something-else".into());
+        assert_eq!(agent.shadow_applied(forged), None);
+    }
+}
