@@ -50,11 +50,31 @@ pub enum SyncError {
 }
 
 /// Which watch an event came from (each lists once before the first sync).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Secret watches are per scope: a namespace, or "" for all namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Feed {
-    Sources,
-    Shadows,
+    Sources(String),
+    Shadows(String),
     Pods,
+}
+
+impl Feed {
+    /// Whether an object of `namespace` belongs to this feed's listing.
+    fn covers(&self, namespace: &str) -> bool {
+        match self {
+            Self::Sources(scope) | Self::Shadows(scope) => scope.is_empty() || scope == namespace,
+            Self::Pods => true,
+        }
+    }
+
+    /// Every feed an agent watching these scopes waits for.
+    pub fn all(scopes: &[String]) -> BTreeSet<Feed> {
+        scopes
+            .iter()
+            .flat_map(|s| [Feed::Sources(s.clone()), Feed::Shadows(s.clone())])
+            .chain([Feed::Pods])
+            .collect()
+    }
 }
 
 /// What one sync did.
@@ -77,13 +97,20 @@ pub struct Agent<S> {
     applied: Records,
     require_hosts: bool,
     grace_seconds: i64,
+    expected: BTreeSet<Feed>,
     listed: BTreeSet<Feed>,
     relisting: BTreeMap<Feed, BTreeSet<String>>,
 }
 
 impl<S: MapSink> Agent<S> {
     /// `adopted`: what the pinned maps already hold (empty on a first start).
-    pub fn new(sink: S, adopted: Records, require_hosts: bool, grace_seconds: i64) -> Self {
+    pub fn new(
+        sink: S,
+        adopted: Records,
+        feeds: BTreeSet<Feed>,
+        require_hosts: bool,
+        grace_seconds: i64,
+    ) -> Self {
         Self {
             sink,
             store: NodeStore::default(),
@@ -92,6 +119,7 @@ impl<S: MapSink> Agent<S> {
             applied: adopted,
             require_hosts,
             grace_seconds,
+            expected: feeds,
             listed: BTreeSet::new(),
             relisting: BTreeMap::new(),
         }
@@ -101,13 +129,17 @@ impl<S: MapSink> Agent<S> {
         &self.sink
     }
 
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
     pub fn store_mut(&mut self) -> &mut NodeStore {
         &mut self.store
     }
 
     /// True once every feed has listed and the maps were synced once.
     pub fn is_synced(&self) -> bool {
-        self.listed.len() == 3
+        self.expected.is_subset(&self.listed)
     }
 
     pub fn source(&self, secret: &SecretRef) -> Option<&Secret> {
@@ -132,44 +164,37 @@ impl<S: MapSink> Agent<S> {
         self.relisting.insert(feed, BTreeSet::new());
     }
 
-    fn note_listed(&mut self, feed: Feed, key: String) {
-        if let Some(seen) = self.relisting.get_mut(&feed) {
-            seen.insert(key);
+    /// Records `key` as listed by every relisting feed of this kind covering `namespace`.
+    fn note_listed(&mut self, is_kind: fn(&Feed) -> bool, namespace: &str, key: String) {
+        for (feed, seen) in &mut self.relisting {
+            if is_kind(feed) && feed.covers(namespace) {
+                seen.insert(key.clone());
+            }
         }
     }
 
     /// Ends a listing; returns the keys that vanished (pod uids for `Pods`).
     pub fn end_listing(&mut self, feed: Feed) -> Vec<String> {
         let seen = self.relisting.remove(&feed).unwrap_or_default();
-        self.listed.insert(feed);
-        let vanished: Vec<String> = match feed {
-            Feed::Sources => self
-                .sources
-                .keys()
-                .map(ToString::to_string)
-                .filter(|k| !seen.contains(k))
-                .collect(),
-            Feed::Shadows => self
-                .shadows
-                .keys()
-                .map(ToString::to_string)
-                .filter(|k| !seen.contains(k))
-                .collect(),
+        let unseen = |key: &String| !seen.contains(key);
+        let vanished: Vec<String> = match &feed {
+            Feed::Sources(_) => scoped_keys(&self.sources, &feed).filter(unseen).collect(),
+            Feed::Shadows(_) => scoped_keys(&self.shadows, &feed).filter(unseen).collect(),
             Feed::Pods => self
                 .store
                 .pods()
                 .map(|(uid, _)| uid.clone())
-                .filter(|k| !seen.contains(k))
+                .filter(unseen)
                 .collect(),
         };
         for key in &vanished {
-            match feed {
-                Feed::Sources => {
+            match &feed {
+                Feed::Sources(_) => {
                     if let Some(secret) = parse_ref(key) {
                         self.source_deleted(&secret);
                     }
                 }
-                Feed::Shadows => {
+                Feed::Shadows(_) => {
                     if let Some(secret) = parse_ref(key) {
                         self.shadows.remove(&secret);
                         self.store.remove_shadow(&secret);
@@ -180,13 +205,18 @@ impl<S: MapSink> Agent<S> {
                 }
             }
         }
+        self.listed.insert(feed);
         vanished
     }
 
     /// A labelled source was added or changed. Bad input maps nothing.
     pub fn source_applied(&mut self, secret: Secret, now: i64) -> SecretRef {
         let key = SecretRef::new(secret.namespace().unwrap_or_default(), secret.name_any());
-        self.note_listed(Feed::Sources, key.to_string());
+        self.note_listed(
+            |f| matches!(f, Feed::Sources(_)),
+            &key.namespace,
+            key.to_string(),
+        );
         if !k8s::is_enabled(secret.metadata.labels.as_ref()) {
             self.source_deleted(&key);
             return key;
@@ -228,7 +258,11 @@ impl<S: MapSink> Agent<S> {
             warn!(shadow = %shadow_secret.name_any(), owner = %source.name, "managed label on a Secret that is not the owner's shadow: ignored");
             return None;
         }
-        self.note_listed(Feed::Shadows, source.to_string());
+        self.note_listed(
+            |f| matches!(f, Feed::Shadows(_)),
+            &source.namespace,
+            source.to_string(),
+        );
         let (placeholders, retired) = recorded(&shadow_secret);
         self.store.upsert_shadow(
             source.clone(),
@@ -250,7 +284,7 @@ impl<S: MapSink> Agent<S> {
     }
 
     pub fn pod_applied(&mut self, uid: String, binding: PodBinding) {
-        self.note_listed(Feed::Pods, uid.clone());
+        self.note_listed(|f| *f == Feed::Pods, "", uid.clone());
         self.store.upsert_pod(uid, binding);
     }
 
@@ -287,6 +321,16 @@ impl<S: MapSink> Agent<S> {
             unmapped,
         })
     }
+}
+
+fn scoped_keys<'a>(
+    secrets: &'a BTreeMap<SecretRef, Secret>,
+    feed: &'a Feed,
+) -> impl Iterator<Item = String> + 'a {
+    secrets
+        .keys()
+        .filter(|secret| feed.covers(&secret.namespace))
+        .map(ToString::to_string)
 }
 
 fn parse_ref(text: &str) -> Option<SecretRef> {
@@ -334,12 +378,24 @@ mod tests {
 
     fn listed_agent() -> (Agent<Recorder>, Recorder) {
         let sink = Recorder::default();
-        let mut agent = Agent::new(sink.clone(), Records::new(), false, 600);
-        for feed in [Feed::Sources, Feed::Shadows, Feed::Pods] {
-            agent.begin_listing(feed);
+        let mut agent = Agent::new(sink.clone(), Records::new(), feeds(), false, 600);
+        for feed in feeds() {
+            agent.begin_listing(feed.clone());
             agent.end_listing(feed);
         }
         (agent, sink)
+    }
+
+    fn feeds() -> BTreeSet<Feed> {
+        Feed::all(&[String::new()])
+    }
+
+    fn all() -> Feed {
+        Feed::Sources(String::new())
+    }
+
+    fn shadows() -> Feed {
+        Feed::Shadows(String::new())
     }
 
     fn binding(cgroup: u64) -> PodBinding {
@@ -353,14 +409,14 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_applied_until_every_feed_has_listed() {
         let sink = Recorder::default();
-        let mut agent = Agent::new(sink.clone(), Records::new(), false, 600);
+        let mut agent = Agent::new(sink.clone(), Records::new(), feeds(), false, 600);
         let src = labelled_source();
-        agent.begin_listing(Feed::Sources);
+        agent.begin_listing(all());
         agent.source_applied(src.clone(), 0);
-        agent.end_listing(Feed::Sources);
-        agent.begin_listing(Feed::Shadows);
+        agent.end_listing(all());
+        agent.begin_listing(shadows());
         agent.shadow_applied(shadow_of(&src));
-        agent.end_listing(Feed::Shadows);
+        agent.end_listing(shadows());
         assert_eq!(agent.sync(0).await.expect("sync").ops, 0);
         assert!(sink.batches().is_empty());
         agent.begin_listing(Feed::Pods);
@@ -422,8 +478,8 @@ mod tests {
         agent.sync(0).await.expect("sync");
         agent.begin_listing(Feed::Pods);
         assert_eq!(agent.end_listing(Feed::Pods), vec!["uid-1".to_owned()]);
-        agent.begin_listing(Feed::Sources);
-        agent.end_listing(Feed::Sources);
+        agent.begin_listing(all());
+        agent.end_listing(all());
         assert_eq!(agent.sync(1).await.expect("sync").secrets_mapped, 0);
     }
 
@@ -440,18 +496,39 @@ mod tests {
         let pinned = before.applied.clone();
 
         let sink = Recorder::default();
-        let mut after = Agent::new(sink.clone(), pinned, false, 600);
-        for feed in [Feed::Sources, Feed::Shadows, Feed::Pods] {
+        let mut after = Agent::new(sink.clone(), pinned, feeds(), false, 600);
+        for feed in feeds() {
             after.begin_listing(feed);
         }
         after.source_applied(src, 5);
         after.shadow_applied(shadow_secret);
         after.pod_applied("uid-1".into(), binding(42));
-        for feed in [Feed::Sources, Feed::Shadows, Feed::Pods] {
+        for feed in feeds() {
             after.end_listing(feed);
         }
         assert_eq!(after.sync(5).await.expect("sync").ops, 0);
         assert!(sink.batches().is_empty(), "no delete-then-add window");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_scoped_relist_only_drops_objects_of_its_namespace() {
+        let scopes = ["agents".to_owned(), "other".to_owned()];
+        let sink = Recorder::default();
+        let mut agent = Agent::new(sink, Records::new(), Feed::all(&scopes), false, 600);
+        let src = labelled_source();
+        let agents = Feed::Sources("agents".into());
+        let other = Feed::Sources("other".into());
+        agent.begin_listing(agents.clone());
+        agent.begin_listing(other.clone());
+        agent.source_applied(src, 0);
+        assert!(agent.end_listing(agents.clone()).is_empty());
+        assert!(
+            agent.end_listing(other).is_empty(),
+            "agents/openai is not other's to drop"
+        );
+        assert!(!agent.is_synced(), "shadows and pods have not listed");
+        agent.begin_listing(agents.clone());
+        assert_eq!(agent.end_listing(agents), vec!["agents/openai".to_owned()]);
     }
 
     #[tokio::test]

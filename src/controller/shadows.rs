@@ -33,14 +33,15 @@ impl WriteError {
 }
 
 /// What reconciling one source did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Created,
     Updated,
     Unchanged,
     Deleted,
     /// Bad input: no shadow (an existing one was removed); Events say why.
-    Refused,
+    /// Carries the problems' reason names.
+    Refused(Vec<&'static str>),
     /// A Secret with the shadow's name exists and kloak does not manage it.
     NameTaken,
     /// Nothing to do: no source and no shadow.
@@ -49,7 +50,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The write it made, for metrics.
-    pub fn write(self) -> Option<&'static str> {
+    pub fn write(&self) -> Option<&'static str> {
         match self {
             Self::Created => Some("create"),
             Self::Updated => Some("update"),
@@ -126,13 +127,12 @@ impl ShadowWriter {
             Ok(plan) => plan,
             Err(problems) => {
                 self.refuse(secret, source, &problems).await;
-                return match managed {
-                    Some(_) => self
-                        .delete(&api, &shadow_ref)
-                        .await
-                        .map(|_| Outcome::Refused),
-                    None => Ok(Outcome::Refused),
-                };
+                if managed.is_some() {
+                    self.delete(&api, &shadow_ref).await?;
+                }
+                return Ok(Outcome::Refused(
+                    problems.iter().map(Problem::reason).collect(),
+                ));
             }
         };
         let mut desired = shadow::shadow_secret(source, &plan);
@@ -376,7 +376,10 @@ mod tests {
             .reconcile(&secret_ref(), Some(&src), None, 0)
             .await
             .expect("reconcile");
-        assert_eq!(outcome, Outcome::Refused);
+        assert_eq!(
+            outcome,
+            Outcome::Refused(vec!["invalid_hosts", "value_too_short"])
+        );
         drop(w);
         server.await.expect("every call made");
     }
@@ -396,7 +399,7 @@ mod tests {
             .reconcile(&secret_ref(), Some(&bad), Some(&existing), 1)
             .await
             .expect("reconcile");
-        assert_eq!(outcome, Outcome::Refused);
+        assert_eq!(outcome, Outcome::Refused(vec!["invalid_port"]));
         drop(w);
         server.await.expect("every call made");
     }
@@ -426,7 +429,7 @@ mod tests {
             w.reconcile(&secret_ref(), Some(&src), None, 0)
                 .await
                 .expect("reconcile"),
-            Outcome::Refused
+            Outcome::Refused(vec!["hosts_required"])
         );
         drop(w);
         server.await.expect("every call made");

@@ -55,6 +55,29 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The snake_case name used in JSON events and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::HostNotAllowed => "host_not_allowed",
+            Self::UnverifiedConnection => "unverified_connection",
+            Self::PortMismatch => "port_mismatch",
+            Self::ServerNameMismatch => "server_name_mismatch",
+            Self::NotBound => "not_bound",
+            Self::SplitPlaceholder => "split_placeholder",
+            Self::WriteRefused => "write_refused",
+            Self::RewriteUnavailable => "rewrite_unavailable",
+            Self::TooManyPlaceholders => "too_many_placeholders",
+            Self::RestoreFailed => "restore_failed",
+            Self::DnsUntrustedSource => "dns_untrusted_source",
+            Self::DnsNoQuery => "dns_no_query",
+            Self::DnsForgedByWorkload => "dns_forged_by_workload",
+            Self::DnsTtlZero => "dns_ttl_zero",
+            Self::DnsExpired => "dns_expired",
+            Self::Unknown => "unknown",
+        }
+    }
+
     pub fn from_raw(raw: u32) -> Self {
         match kloak_reason(raw) {
             kloak_reason::KLOAK_REASON_NONE => Self::None,
@@ -226,6 +249,15 @@ impl fmt::Display for EventKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_names_match_their_json() {
+        for raw in 0..20 {
+            let reason = Reason::from_raw(raw);
+            let json = serde_json::to_string(&reason).expect("json");
+            assert_eq!(json.trim_matches('"'), reason.name());
+        }
+    }
     use crate::dataplane::skel::bytes_of;
 
     fn raw_event(kind: u32, reason: u32) -> kloak_event {

@@ -6,16 +6,24 @@ use tracing::{debug, warn};
 
 use super::loader::DataPlane;
 use super::maps::inspected_file;
-use super::targets::{self, file_id};
+use super::targets::{self, file_id, FileId};
+
+/// A file looked at: its identity and the probes now attached to it (0 when
+/// it has no TLS to hook or cannot be hooked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooked {
+    pub file: FileId,
+    pub probes: usize,
+}
 
 /// Hooks one file when it has TLS to hook, and marks it inspected either way
-/// (so the kernel stops holding its execs). Returns the probes attached now.
-pub async fn hook_file(dataplane: &DataPlane, path: &Path) -> usize {
+/// (so the kernel stops holding its execs).
+pub async fn hook_file(dataplane: &DataPlane, path: &Path) -> Option<Hooked> {
     let id = match file_id(path) {
         Ok(id) => id,
         Err(err) => {
             warn!(path = %path.display(), %err, "cannot stat");
-            return 0;
+            return None;
         }
     };
     let attached = match targets::inspect(path) {
@@ -45,28 +53,31 @@ pub async fn hook_file(dataplane: &DataPlane, path: &Path) -> usize {
     if let Err(err) = dataplane.apply(vec![inspected_file(id)]).await {
         warn!(path = %path.display(), %err, "cannot record the file as inspected");
     }
-    attached
+    Some(Hooked {
+        file: id,
+        probes: attached,
+    })
 }
 
 /// Hooks the executable and TLS libraries of a running process.
-pub async fn hook_process(dataplane: &DataPlane, proc_root: &Path, pid: u32) -> usize {
+pub async fn hook_process(dataplane: &DataPlane, proc_root: &Path, pid: u32) -> Vec<Hooked> {
     match targets::process_tls_files(proc_root, pid) {
         Ok(files) => {
-            let mut attached = 0;
+            let mut hooked = Vec::new();
             for path in files {
-                attached += hook_file(dataplane, &path).await;
+                hooked.extend(hook_file(dataplane, &path).await);
             }
-            attached
+            hooked
         }
         Err(err) => {
             debug!(pid, %err, "process already gone");
-            0
+            Vec::new()
         }
     }
 }
 
 /// A process the kernel stopped at exec: hook what it runs, then always resume it.
-pub async fn hook_exec(dataplane: &DataPlane, proc_root: &Path, pid: u32) -> usize {
+pub async fn hook_exec(dataplane: &DataPlane, proc_root: &Path, pid: u32) -> Vec<Hooked> {
     let attached = hook_process(dataplane, proc_root, pid).await;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),

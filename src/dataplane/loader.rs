@@ -92,6 +92,9 @@ pub struct DataPlane {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Index of the ring-buffer loss counter in [`DataPlane::counters`].
+pub const COUNTER_EVENTS_LOST: usize = kloak_counter::KLOAK_CTR_EVENTS_LOST.0 as usize;
+
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const EVENT_QUEUE: usize = 4096;
 /// Maps that describe state; scratch and per-call maps are not pinned.

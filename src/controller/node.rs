@@ -1,0 +1,286 @@
+//! The agent's event loop: watch updates, kernel events, leadership and
+//! timers, one at a time, so state changes never race each other.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures::stream::{BoxStream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::watcher::Event as WatchEvent;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, trace, warn};
+
+use crate::dataplane::{DataPlane, Event, EventKind};
+use crate::secrets::SecretRef;
+
+use super::agent::{Agent, Feed};
+use super::feeds::Update;
+use super::metrics::Metrics;
+use super::ops::Health;
+use super::shadows::{Outcome, ShadowWriter};
+use super::tracker::{PodChange, PodTracker};
+use super::unix_now;
+
+/// How often failed shadow writes are retried.
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How often kernel counters (ring-buffer losses) are read.
+const COUNTER_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct Node {
+    pub agent: Agent<DataPlane>,
+    pub writer: ShadowWriter,
+    pub tracker: PodTracker,
+    pub metrics: std::sync::Arc<Metrics>,
+    pub health: std::sync::Arc<Health>,
+    pub leader: watch::Receiver<bool>,
+    /// Sources whose shadow write failed, retried on a timer.
+    pub retry: BTreeSet<SecretRef>,
+}
+
+impl Node {
+    pub async fn run_loop(
+        &mut self,
+        mut updates: BoxStream<'static, Update>,
+        events: &mut mpsc::Receiver<Event>,
+        resync: Duration,
+    ) -> anyhow::Result<()> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut resync_timer = tokio::time::interval(resync);
+        let mut retry_timer = tokio::time::interval(RETRY_INTERVAL);
+        let mut counter_timer = tokio::time::interval(COUNTER_INTERVAL);
+        loop {
+            tokio::select! {
+                Some(update) = updates.next() => {
+                    let received = Instant::now();
+                    self.update(update).await;
+                    self.sync(Some(received)).await;
+                }
+                Some(event) = events.recv() => self.kernel_event(event).await,
+                Ok(()) = self.leader.changed() => {
+                    let leading = *self.leader.borrow_and_update();
+                    self.metrics.set_leader(leading);
+                    info!(leading, "leadership changed");
+                    if leading {
+                        self.reconcile_all().await;
+                    }
+                }
+                _ = resync_timer.tick() => {
+                    if self.leading() {
+                        self.reconcile_all().await;
+                    }
+                    self.sync(None).await;
+                }
+                _ = retry_timer.tick(), if !self.retry.is_empty() => {
+                    let pending = std::mem::take(&mut self.retry);
+                    for secret in pending {
+                        self.reconcile(&secret).await;
+                    }
+                }
+                _ = counter_timer.tick() => self.read_counters().await,
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        info!("stopping; pinned maps and probes stay for the next agent");
+        Ok(())
+    }
+
+    fn leading(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    async fn update(&mut self, update: Update) {
+        let now = unix_now();
+        match update {
+            Update::Source(scope, event) => match event {
+                WatchEvent::Init => self.agent.begin_listing(Feed::Sources(scope)),
+                WatchEvent::InitDone => self.end_listing(Feed::Sources(scope)).await,
+                WatchEvent::Apply(secret) | WatchEvent::InitApply(secret) => {
+                    let key = self.agent.source_applied(secret, now);
+                    self.reconcile(&key).await;
+                }
+                WatchEvent::Delete(secret) => {
+                    let key = secret_ref(&secret);
+                    self.agent.source_deleted(&key);
+                    self.reconcile(&key).await;
+                }
+            },
+            Update::Shadow(scope, event) => match event {
+                WatchEvent::Init => self.agent.begin_listing(Feed::Shadows(scope)),
+                WatchEvent::InitDone => self.end_listing(Feed::Shadows(scope)).await,
+                WatchEvent::Apply(shadow) | WatchEvent::InitApply(shadow) => {
+                    if let Some(source) = self.agent.shadow_applied(shadow) {
+                        self.reconcile(&source).await;
+                    }
+                }
+                WatchEvent::Delete(shadow) => {
+                    if let Some(source) = self.agent.shadow_deleted(&shadow) {
+                        // Deleted by someone else while the source still wants one: recreate.
+                        self.reconcile(&source).await;
+                    }
+                }
+            },
+            Update::Pod(event) => match event {
+                WatchEvent::Init => self.agent.begin_listing(Feed::Pods),
+                WatchEvent::InitDone => {
+                    for uid in self.agent.end_listing(Feed::Pods) {
+                        self.tracker.forget(&uid, self.agent.sink()).await;
+                    }
+                }
+                WatchEvent::Apply(pod) | WatchEvent::InitApply(pod) => {
+                    match self.tracker.pod_seen(&pod) {
+                        PodChange::Bind(uid, binding) => {
+                            self.agent.pod_applied(uid.clone(), binding);
+                            // Cgroups first, then hook what already runs there.
+                            self.sync(None).await;
+                            self.tracker.hook_running(&uid, self.agent.sink()).await;
+                        }
+                        PodChange::Forget(uid) => self.forget_pod(&uid).await,
+                        PodChange::None => {}
+                    }
+                }
+                WatchEvent::Delete(pod) => {
+                    if let Some(uid) = pod.metadata.uid {
+                        self.forget_pod(&uid).await;
+                    }
+                }
+            },
+            Update::Error(feed, err) => {
+                self.metrics.sync_error("watch");
+                warn!(feed, %err, "watch failed; retrying with backoff");
+            }
+        }
+    }
+
+    async fn end_listing(&mut self, feed: Feed) {
+        let vanished = self.agent.end_listing(feed);
+        for key in vanished {
+            if let Some((namespace, name)) = key.split_once('/') {
+                self.reconcile(&SecretRef::new(namespace, name)).await;
+            }
+        }
+        if self.agent.is_synced() && self.leading() {
+            self.reconcile_all().await;
+        }
+    }
+
+    async fn forget_pod(&mut self, uid: &str) {
+        self.agent.pod_deleted(uid);
+        self.sync(None).await;
+        self.tracker.forget(uid, self.agent.sink()).await;
+    }
+
+    /// The leader brings one shadow in line; followers only read.
+    async fn reconcile(&mut self, secret: &SecretRef) {
+        if !self.leading() || !self.agent.is_synced() {
+            return;
+        }
+        let result = self
+            .writer
+            .reconcile(
+                secret,
+                self.agent.source(secret),
+                self.agent.shadow(secret),
+                unix_now(),
+            )
+            .await;
+        match result {
+            Ok(outcome) => {
+                if let Some(op) = outcome.write() {
+                    self.metrics.shadow_write(op);
+                }
+                if let Outcome::Refused(reasons) = outcome {
+                    for reason in reasons {
+                        self.metrics.secret_problem(reason);
+                    }
+                }
+            }
+            Err(err) => {
+                self.metrics.sync_error(err.metric_label());
+                warn!(secret = %secret, %err, "shadow write failed; retrying");
+                self.retry.insert(secret.clone());
+            }
+        }
+    }
+
+    async fn reconcile_all(&mut self) {
+        for secret in self.agent.known_secrets() {
+            self.reconcile(&secret).await;
+        }
+    }
+
+    async fn sync(&mut self, received: Option<Instant>) {
+        match self.agent.sync(unix_now()).await {
+            Ok(report) => {
+                if self.agent.is_synced() {
+                    self.health.set_first_sync_done(true);
+                }
+                for unmapped in &report.unmapped {
+                    debug!(secret = %unmapped.secret, key = %unmapped.key, reason = unmapped.reason, "placeholder not mapped");
+                }
+                self.metrics
+                    .set_secrets(report.secrets_mapped, report.secrets_any_host);
+                self.metrics.set_pods(self.tracker.pod_count());
+                self.metrics.set_containers(self.tracker.container_count());
+                self.metrics.set_probes(self.tracker.probe_count());
+                if let Some(received) = received.filter(|_| report.ops > 0) {
+                    let latency = received.elapsed();
+                    self.metrics.observe_sync(latency);
+                    debug!(
+                        ops = report.ops,
+                        latency_us = latency.as_micros() as u64,
+                        "kernel maps updated"
+                    );
+                }
+            }
+            Err(err) => {
+                self.metrics.sync_error("maps");
+                error!(%err, "cannot update kernel maps; retrying at the next change or resync");
+            }
+        }
+    }
+
+    async fn kernel_event(&mut self, event: Event) {
+        match event.kind {
+            EventKind::ExecHeld => {
+                self.tracker
+                    .exec_held(event.pid, event.cgroup_id, self.agent.sink())
+                    .await;
+                self.metrics.set_probes(self.tracker.probe_count());
+            }
+            EventKind::Rewritten => {
+                self.metrics.rewritten();
+                trace!(pid = event.pid, comm = %event.comm, cgroup = event.cgroup_id, secret_id = event.secret_id, peer = ?event.peer_display(), "rewritten");
+            }
+            EventKind::Blocked => {
+                self.metrics.blocked(event.reason.name());
+                debug!(pid = event.pid, comm = %event.comm, cgroup = event.cgroup_id, secret_id = event.secret_id, peer = ?event.peer_display(), reason = event.reason.name(), "placeholder sent unchanged");
+            }
+            _ => {
+                trace!(kind = ?event.kind, reason = event.reason.name(), pid = event.pid, "data plane event")
+            }
+        }
+    }
+
+    async fn read_counters(&mut self) {
+        match self.agent.sink().counters().await {
+            Ok(counters) => {
+                let lost = counters
+                    .get(crate::dataplane::loader::COUNTER_EVENTS_LOST)
+                    .copied()
+                    .unwrap_or(0);
+                self.metrics.set_ringbuf_lost(lost);
+            }
+            Err(err) => warn!(%err, "cannot read kernel counters"),
+        }
+    }
+}
+
+fn secret_ref(secret: &Secret) -> SecretRef {
+    SecretRef::new(
+        secret.metadata.namespace.clone().unwrap_or_default(),
+        secret.metadata.name.clone().unwrap_or_default(),
+    )
+}
