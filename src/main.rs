@@ -11,6 +11,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("kloak: {err:#}");
         return std::process::ExitCode::from(2);
     }
+    // One TLS crypto provider for every client and server in the process
+    // (kube's client builds its TLS from the default). An error only means
+    // one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

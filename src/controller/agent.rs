@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::watcher::Event as WatchEvent;
 use kube::ResourceExt;
 use tracing::{debug, trace, warn};
 
@@ -209,6 +210,40 @@ impl<S: MapSink> Agent<S> {
         vanished
     }
 
+    /// Applies one event of a Secret watch (`Feed::Sources` or `Feed::Shadows`);
+    /// returns the sources whose shadow may need writing.
+    pub fn secret_event(
+        &mut self,
+        feed: Feed,
+        event: WatchEvent<Secret>,
+        now: i64,
+    ) -> Vec<SecretRef> {
+        let sources = matches!(feed, Feed::Sources(_));
+        match event {
+            WatchEvent::Init => {
+                self.begin_listing(feed);
+                Vec::new()
+            }
+            WatchEvent::InitDone => self
+                .end_listing(feed)
+                .iter()
+                .filter_map(|key| parse_ref(key))
+                .collect(),
+            WatchEvent::Apply(secret) | WatchEvent::InitApply(secret) if sources => {
+                vec![self.source_applied(secret, now)]
+            }
+            WatchEvent::Apply(secret) | WatchEvent::InitApply(secret) => {
+                self.shadow_applied(secret).into_iter().collect()
+            }
+            WatchEvent::Delete(secret) if sources => {
+                let key = SecretRef::new(secret.namespace().unwrap_or_default(), secret.name_any());
+                self.source_deleted(&key);
+                vec![key]
+            }
+            WatchEvent::Delete(secret) => self.shadow_deleted(&secret).into_iter().collect(),
+        }
+    }
+
     /// A labelled source was added or changed. Bad input maps nothing.
     pub fn source_applied(&mut self, secret: Secret, now: i64) -> SecretRef {
         let key = SecretRef::new(secret.namespace().unwrap_or_default(), secret.name_any());
@@ -344,9 +379,12 @@ mod tests {
     use crate::secrets::shadow::tests::{source, REAL};
     use std::sync::{Arc, Mutex};
 
+    /// One batch of map updates: which map, and upsert (true) or delete.
+    type Batch = Vec<(MapName, bool)>;
+
     /// Records every batch of map updates.
     #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<Vec<(MapName, bool)>>>>);
+    struct Recorder(Arc<Mutex<Vec<Batch>>>);
 
     impl MapSink for Recorder {
         fn apply(&self, ops: Vec<MapOp>) -> impl Future<Output = Result<(), LoaderError>> + Send {
@@ -359,7 +397,7 @@ mod tests {
     }
 
     impl Recorder {
-        fn batches(&self) -> Vec<Vec<(MapName, bool)>> {
+        fn batches(&self) -> Vec<Batch> {
             self.0.lock().map(|b| b.clone()).unwrap_or_default()
         }
     }

@@ -13,7 +13,8 @@ use crate::k8s;
 pub enum Update {
     Source(Scope, watcher::Event<Secret>),
     Shadow(Scope, watcher::Event<Secret>),
-    Pod(watcher::Event<Pod>),
+    /// Boxed: a Pod is far larger than the other variants.
+    Pod(Box<watcher::Event<Pod>>),
     /// A watch failed; it retries by itself with backoff.
     Error(&'static str, watcher::Error),
 }
@@ -63,7 +64,7 @@ pub fn watch_all(client: &Client, namespaces: &[String], node: &str) -> BoxStrea
             .labels(&enabled),
     );
     streams.push(Box::pin(pods.map(|r| match r {
-        Ok(event) => Update::Pod(event),
+        Ok(event) => Update::Pod(Box::new(event)),
         Err(err) => Update::Error("pods", err),
     })));
     select_all(streams).boxed()

@@ -6,13 +6,15 @@ use kube::client::Body;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+type BodyCheck = Box<dyn Fn(&Value) + Send>;
+
 pub struct Call {
     pub method: &'static str,
     pub path: String,
     pub status: u16,
     pub answer: Value,
     /// Checks on the request body (JSON), when the call has one.
-    pub check: Option<Box<dyn Fn(&Value) + Send>>,
+    pub check: Option<BodyCheck>,
 }
 
 impl Call {

@@ -147,6 +147,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
         health: health.clone(),
         leader: leader_rx,
         retry: BTreeSet::new(),
+        synced_once: false,
     };
     let result = node
         .run_loop(

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::watcher::Event as WatchEvent;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
@@ -36,6 +35,7 @@ pub struct Node {
     pub leader: watch::Receiver<bool>,
     /// Sources whose shadow write failed, retried on a timer.
     pub retry: BTreeSet<SecretRef>,
+    pub synced_once: bool,
 }
 
 impl Node {
@@ -94,35 +94,16 @@ impl Node {
     async fn update(&mut self, update: Update) {
         let now = unix_now();
         match update {
-            Update::Source(scope, event) => match event {
-                WatchEvent::Init => self.agent.begin_listing(Feed::Sources(scope)),
-                WatchEvent::InitDone => self.end_listing(Feed::Sources(scope)).await,
-                WatchEvent::Apply(secret) | WatchEvent::InitApply(secret) => {
-                    let key = self.agent.source_applied(secret, now);
-                    self.reconcile(&key).await;
-                }
-                WatchEvent::Delete(secret) => {
-                    let key = secret_ref(&secret);
-                    self.agent.source_deleted(&key);
-                    self.reconcile(&key).await;
-                }
-            },
-            Update::Shadow(scope, event) => match event {
-                WatchEvent::Init => self.agent.begin_listing(Feed::Shadows(scope)),
-                WatchEvent::InitDone => self.end_listing(Feed::Shadows(scope)).await,
-                WatchEvent::Apply(shadow) | WatchEvent::InitApply(shadow) => {
-                    if let Some(source) = self.agent.shadow_applied(shadow) {
-                        self.reconcile(&source).await;
-                    }
-                }
-                WatchEvent::Delete(shadow) => {
-                    if let Some(source) = self.agent.shadow_deleted(&shadow) {
-                        // Deleted by someone else while the source still wants one: recreate.
-                        self.reconcile(&source).await;
-                    }
-                }
-            },
-            Update::Pod(event) => match event {
+            Update::Source(scope, event) => {
+                let touched = self.agent.secret_event(Feed::Sources(scope), event, now);
+                self.touched(touched).await;
+            }
+            Update::Shadow(scope, event) => {
+                // A shadow deleted or edited by someone else is rewritten from its source.
+                let touched = self.agent.secret_event(Feed::Shadows(scope), event, now);
+                self.touched(touched).await;
+            }
+            Update::Pod(event) => match *event {
                 WatchEvent::Init => self.agent.begin_listing(Feed::Pods),
                 WatchEvent::InitDone => {
                     for uid in self.agent.end_listing(Feed::Pods) {
@@ -154,15 +135,9 @@ impl Node {
         }
     }
 
-    async fn end_listing(&mut self, feed: Feed) {
-        let vanished = self.agent.end_listing(feed);
-        for key in vanished {
-            if let Some((namespace, name)) = key.split_once('/') {
-                self.reconcile(&SecretRef::new(namespace, name)).await;
-            }
-        }
-        if self.agent.is_synced() && self.leading() {
-            self.reconcile_all().await;
+    async fn touched(&mut self, secrets: Vec<SecretRef>) {
+        for secret in &secrets {
+            self.reconcile(secret).await;
         }
     }
 
@@ -214,8 +189,17 @@ impl Node {
     async fn sync(&mut self, received: Option<Instant>) {
         match self.agent.sync(unix_now()).await {
             Ok(report) => {
-                if self.agent.is_synced() {
+                if self.agent.is_synced() && !self.synced_once {
+                    self.synced_once = true;
                     self.health.set_first_sync_done(true);
+                    info!(
+                        secrets = report.secrets_mapped,
+                        pods = self.tracker.pod_count(),
+                        "first sync done"
+                    );
+                    if self.leading() {
+                        self.reconcile_all().await;
+                    }
                 }
                 for unmapped in &report.unmapped {
                     debug!(secret = %unmapped.secret, key = %unmapped.key, reason = unmapped.reason, "placeholder not mapped");
@@ -276,11 +260,4 @@ impl Node {
             Err(err) => warn!(%err, "cannot read kernel counters"),
         }
     }
-}
-
-fn secret_ref(secret: &Secret) -> SecretRef {
-    SecretRef::new(
-        secret.metadata.namespace.clone().unwrap_or_default(),
-        secret.metadata.name.clone().unwrap_or_default(),
-    )
 }

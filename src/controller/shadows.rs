@@ -275,10 +275,6 @@ mod tests {
         stored
     }
 
-    fn as_json(secret: &Secret) -> Value {
-        serde_json::to_value(secret).expect("json")
-    }
-
     fn no_real_value(body: &Value) {
         let text = body.to_string();
         assert!(!text.contains(REAL), "a real value reached the API: {text}");
