@@ -41,6 +41,8 @@ use self::shadows::ShadowWriter;
 use self::tracker::PodTracker;
 
 #[cfg(test)]
+mod leak_tests;
+#[cfg(test)]
 mod mock;
 
 /// Seconds since the Unix epoch: the time base of retired placeholders.
