@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use kloak::dataplane::maps::{diff, DesiredState, Records};
+use kloak::controller::agent::OWNED_MAPS;
+use kloak::dataplane::maps::{diff, DesiredState, Records, SecretState};
 use kloak::dataplane::{DataPlane, LoaderConfig, ObserveReason};
+use kloak::placeholder::{self, SecretValue};
+use kloak::policy::{parse_hosts, Policy};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 fn config(pin_dir: &Path) -> LoaderConfig {
@@ -34,6 +37,23 @@ fn restart_adopts_pinned_maps_and_links() {
     let cgroup_id: u64 = 0x4b4c_4f41_4b00_0001;
     let mut state = DesiredState::default();
     state.cgroups.insert(cgroup_id);
+    let value = SecretValue::new(b"sk-pins-0123456789abcdef".to_vec());
+    let placeholder = placeholder::generate(&value, &mut rand::rngs::OsRng).expect("placeholder");
+    state.secrets.insert(
+        7,
+        SecretState {
+            placeholder,
+            value,
+            policy: Policy {
+                hosts: parse_hosts("api.example.com, *.example.org").expect("hosts"),
+                port: Some(443),
+            },
+        },
+    );
+    state.bindings.insert((cgroup_id, 7));
+    state
+        .resolvers
+        .insert("10.96.0.10:53".parse().expect("addr"));
     let records = state.records().expect("records");
 
     let (first, _events) = DataPlane::start(config(&pin_dir)).expect("first start");
@@ -56,10 +76,30 @@ fn restart_adopts_pinned_maps_and_links() {
         "state survives without any process"
     );
 
-    // The next agent adopts: the cgroup written by the first is still there.
+    // The next agent adopts: the cgroup written by the first is still there,
+    // and a snapshot of the owned maps is exactly what was written, so the
+    // new agent's first diff against the same desired state is empty (no
+    // entry is deleted and re-added: no window without rewrites).
     let (second, _events) = DataPlane::start(config(&pin_dir)).expect("second start");
     let counters = runtime.block_on(second.counters()).expect("counters");
     assert!(!counters.is_empty());
+    let snapshot = runtime
+        .block_on(second.snapshot(OWNED_MAPS))
+        .expect("snapshot");
+    let owned: Records = records
+        .iter()
+        .filter(|((map, _), _)| OWNED_MAPS.contains(map))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    assert_eq!(
+        snapshot.len(),
+        owned.len(),
+        "every owned record and nothing else"
+    );
+    assert!(
+        diff(&snapshot, &owned).is_empty(),
+        "adopted state equals the desired state"
+    );
     second.shutdown();
     let map = MapHandle::from_pinned_path(&cgroups).expect("open pinned map");
     assert!(map
