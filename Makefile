@@ -15,6 +15,7 @@ lint:
 	cargo clippy --all-targets --locked -- -D warnings
 
 bench:
+	cargo bench --locked --bench secret_sync_latency
 	scripts/bench.sh
 
 clean:

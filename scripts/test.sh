@@ -22,6 +22,9 @@ status=0
 if [[ " $tiers " == *" unit "* ]]; then
   echo "== tier 1: unit tests"
   cargo test --locked || status=1
+  # Secret change to map update through the controller's own code path
+  # (debug build here; `make bench` measures the release build).
+  cargo test --locked --bench secret_sync_latency || status=1
 fi
 
 passed=0
