@@ -80,7 +80,8 @@ fn no_real_value_in_logs_events_or_errors_at_trace_level() {
                     instance: Some("agent".into()),
                 },
             );
-            let writer = ShadowWriter::new(client, recorder, false, 600);
+            let (_, leader) = tokio::sync::watch::channel(true);
+            let writer = ShadowWriter::new(client, recorder, leader, false, 600);
             let key = SecretRef::new("agents", "openai");
 
             // The leader creates the shadow; the agent maps it.

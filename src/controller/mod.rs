@@ -122,6 +122,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
     agent
         .store_mut()
         .set_resolvers(resolvers(&client, &args.dns_servers).await?);
+    let (leader_tx, leader_rx) = watch::channel(false);
     let writer = ShadowWriter::new(
         client.clone(),
         Recorder::new(
@@ -131,10 +132,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
                 instance: Some(args.pod_name.clone()),
             },
         ),
+        leader_rx.clone(),
         args.require_hosts,
         args.grace_seconds as i64,
     );
-    let (leader_tx, leader_rx) = watch::channel(false);
     let election = tokio::spawn(leader::run(
         client.clone(),
         LeaseConfig::new(&args.namespace, &args.lease_name, &args.pod_name),

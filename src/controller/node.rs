@@ -88,7 +88,7 @@ impl Node {
     }
 
     fn leading(&self) -> bool {
-        *self.leader.borrow()
+        self.writer.is_leader()
     }
 
     async fn update(&mut self, update: Update) {
@@ -149,7 +149,8 @@ impl Node {
 
     /// The leader brings one shadow in line; followers only read.
     async fn reconcile(&mut self, secret: &SecretRef) {
-        if !self.leading() || !self.agent.is_synced() {
+        // Before every watch has listed, a missing source may only be unlisted yet.
+        if !self.agent.is_synced() {
             return;
         }
         let result = self

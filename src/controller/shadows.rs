@@ -6,6 +6,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 use thiserror::Error;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::k8s;
@@ -46,6 +47,8 @@ pub enum Outcome {
     NameTaken,
     /// Nothing to do: no source and no shadow.
     Absent,
+    /// Not the leader: another agent writes shadows.
+    Follower,
 }
 
 impl Outcome {
@@ -60,9 +63,11 @@ impl Outcome {
     }
 }
 
+/// Writes shadows, but only while this agent holds the leader Lease.
 pub struct ShadowWriter {
     client: Client,
     recorder: Recorder,
+    leader: watch::Receiver<bool>,
     require_hosts: bool,
     grace_seconds: i64,
 }
@@ -71,15 +76,21 @@ impl ShadowWriter {
     pub fn new(
         client: Client,
         recorder: Recorder,
+        leader: watch::Receiver<bool>,
         require_hosts: bool,
         grace_seconds: i64,
     ) -> Self {
         Self {
             client,
             recorder,
+            leader,
             require_hosts,
             grace_seconds,
         }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
     }
 
     /// Brings the shadow of `secret` in line with its source. `source` is
@@ -92,6 +103,9 @@ impl ShadowWriter {
         existing: Option<&Secret>,
         now: i64,
     ) -> Result<Outcome, WriteError> {
+        if !self.is_leader() {
+            return Ok(Outcome::Follower);
+        }
         let shadow_ref = SecretRef::new(secret.namespace.clone(), k8s::shadow_name(&secret.name));
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace);
         let managed = existing.filter(|s| shadow::is_shadow_of(s, &secret.name));
@@ -257,7 +271,45 @@ mod tests {
                 instance: Some("kloak-node-a".into()),
             },
         );
-        ShadowWriter::new(client, recorder, require_hosts, 600)
+        // The sender may drop: the receiver keeps the last value (leader).
+        let (_, leader) = watch::channel(true);
+        ShadowWriter::new(client, recorder, leader, require_hosts, 600)
+    }
+
+    #[tokio::test]
+    async fn only_the_leader_writes() {
+        let src = source(&[("API_KEY", REAL)], &hosts());
+        let (client, server) = scripted(vec![Call::new("POST", SECRETS, 201, json!({}))]);
+        let recorder = Recorder::new(client.clone(), "kloak".into());
+        let (elected, leader) = watch::channel(false);
+        let w = ShadowWriter::new(client, recorder, leader, false, 600);
+        let outcome = w
+            .reconcile(&secret_ref(), Some(&src), None, 0)
+            .await
+            .expect("ok");
+        assert_eq!(outcome, Outcome::Follower, "a follower makes no call");
+        elected.send(true).expect("receiver alive");
+        let outcome = w
+            .reconcile(&secret_ref(), Some(&src), None, 0)
+            .await
+            .expect("ok");
+        assert_eq!(outcome, Outcome::Created);
+        elected.send(false).expect("receiver alive");
+        let unlabelled = Secret {
+            metadata: Default::default(),
+            ..src.clone()
+        };
+        let outcome = w
+            .reconcile(&secret_ref(), Some(&unlabelled), None, 1)
+            .await
+            .expect("ok");
+        assert_eq!(
+            outcome,
+            Outcome::Follower,
+            "stepping down stops writes at once"
+        );
+        drop(w);
+        server.await.expect("exactly the leader's call");
     }
 
     fn secret_ref() -> SecretRef {
