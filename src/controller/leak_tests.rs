@@ -39,11 +39,8 @@ impl std::io::Write for Captured {
 struct Discard;
 
 impl MapSink for Discard {
-    fn apply(
-        &self,
-        _ops: Vec<MapOp>,
-    ) -> impl std::future::Future<Output = Result<(), LoaderError>> + Send {
-        async { Ok(()) }
+    async fn apply(&self, _ops: Vec<MapOp>) -> Result<(), LoaderError> {
+        Ok(())
     }
 }
 
