@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::ControllerArgs;
 use crate::config;
-use crate::dataplane::{probes, DataPlane, LoaderConfig, ObserveReason};
+use crate::dataplane::{probes, DataPlane, LoaderConfig};
 
 use self::agent::{Agent, Feed};
 use self::leader::LeaseConfig;
@@ -80,7 +80,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
     if !gaps.is_empty() {
         bail!("this node's kernel cannot run kloak: {}", gaps.join("; "));
     }
-    let rewrite = features.write_user && !args.observe;
     if let Some(blocker) = features.rewrite_blocker() {
         error!(reason = %blocker, "REWRITE UNAVAILABLE on this node: placeholders will go out unchanged; run `kloak doctor` for the remedy");
     }
@@ -89,17 +88,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
     if !layout.supports_binding() {
         error!("cgroup v1 only: containers cannot be told apart, so no pod on this node gets rewrites (fail closed); boot with cgroup v2");
     }
-    let (dataplane, mut events) = DataPlane::start(LoaderConfig {
-        pin_dir: args.pin_dir.clone(),
-        persist: true,
-        rewrite,
-        observe_reason: if features.write_user {
-            ObserveReason::Requested
-        } else {
-            ObserveReason::Lockdown
-        },
-        hold_new_executables: true,
-    })?;
+    let (dataplane, mut events) = DataPlane::start(LoaderConfig::for_kernel(
+        args.pin_dir.clone(),
+        true,
+        features.write_user,
+        args.observe,
+    ))?;
     let adopted = dataplane.snapshot(agent::OWNED_MAPS).await?;
     info!(entries = adopted.len(), pin_dir = %args.pin_dir.display(), "data plane loaded; pinned state adopted");
     if layout.supports_binding() {

@@ -74,6 +74,24 @@ pub enum ObserveReason {
     Requested,
 }
 
+impl LoaderConfig {
+    /// Rewrites when the kernel allows user-memory writes and the user did not
+    /// ask to observe only; new executables of protected cgroups are held.
+    pub fn for_kernel(pin_dir: PathBuf, persist: bool, write_user: bool, observe: bool) -> Self {
+        Self {
+            pin_dir,
+            persist,
+            rewrite: write_user && !observe,
+            observe_reason: if write_user {
+                ObserveReason::Requested
+            } else {
+                ObserveReason::Lockdown
+            },
+            hold_new_executables: true,
+        }
+    }
+}
+
 type Reply<T> = oneshot::Sender<Result<T, LoaderError>>;
 
 enum Command {

@@ -26,7 +26,7 @@ use crate::dataplane::hooking;
 use crate::dataplane::maps::{diff, host_id, DesiredState, Records, SecretState};
 use crate::dataplane::probes;
 use crate::dataplane::targets;
-use crate::dataplane::{DataPlane, EventKind, LoaderConfig, ObserveReason};
+use crate::dataplane::{DataPlane, EventKind, LoaderConfig};
 use crate::placeholder::{self, Placeholder};
 use crate::policy::parse_port;
 
@@ -76,17 +76,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     for &secret_id in state.secrets.keys() {
         state.bindings.insert((cgroup.id(), secret_id));
     }
-    let (dataplane, mut events) = DataPlane::start(LoaderConfig {
-        pin_dir: Path::new(PIN_ROOT).join(&instance),
-        persist: false,
-        rewrite,
-        observe_reason: if features.write_user {
-            ObserveReason::Requested
-        } else {
-            ObserveReason::Lockdown
-        },
-        hold_new_executables: true,
-    })?;
+    let (dataplane, mut events) = DataPlane::start(LoaderConfig::for_kernel(
+        Path::new(PIN_ROOT).join(&instance),
+        false,
+        features.write_user,
+        args.observe,
+    ))?;
     let records = state.records()?;
     dataplane.apply(diff(&Records::new(), &records)).await?;
     dataplane.attach_dns(cgroup.path()).await?;
