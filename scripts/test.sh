@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# All three test tiers, as CI runs them:
-#   1. unit (cargo test)
+# Every test tier, as CI runs them:
+#   1. unit (cargo test), and the Helm chart rendered for several value sets
+#      and validated against the Kubernetes schemas (scripts/chart/check.sh)
 #   2. host BPF: the end-to-end scenarios on this machine's kernel (rewrites
 #      where the kernel allows them, observe mode and its reasons where not)
 #   3. VM: the same scenarios inside Debian's 6.1 and 6.12 kernels under qemu,
 #      where rewrites must happen
-# Needs root. Tiers: KLOAK_TIERS="unit host vm" (default all).
+# Needs root. Tiers: KLOAK_TIERS="unit chart host vm" (default all).
 # Ends with one line "N passed, N failed" for the non-cargo tiers.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-tiers=${KLOAK_TIERS:-unit host vm}
+tiers=${KLOAK_TIERS:-unit chart host vm}
 kernels=${KLOAK_VM_KERNELS:-bookworm trixie}
 [ "$(id -u)" -eq 0 ] || { echo "the BPF and VM tiers need root: sudo $0" >&2; exit 2; }
 
@@ -44,6 +45,11 @@ count() { # LOG LABEL: adds the LOG's "N passed, N failed" line to the totals
 
 logs=$root/target/test-logs
 mkdir -p "$logs"
+if [[ " $tiers " == *" chart "* ]]; then
+  echo "== chart: render, schema-validate, deploy/kloak.yaml in sync"
+  scripts/chart/check.sh 2>&1 | tee "$logs/chart.log"
+  count "$logs/chart.log" chart
+fi
 if [[ " $tiers " == *" host "* ]]; then
   expect=observe
   target/debug/kloak doctor --json 2>/dev/null | grep -q '"write_user": *true' && expect=rewrite
