@@ -139,6 +139,13 @@ pub struct DoctorArgs {
     /// Do not mount tracefs, bpffs or securityfs when they are missing.
     #[arg(long)]
     pub no_mount: bool,
+    /// Read /proc, /sys and /etc under DIR instead of / (fixture roots, a host mounted
+    /// elsewhere); the BPF feature probes still test the running kernel.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Where kloak instances pin their maps: one directory per instance, maps in `maps/`.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/kloak")]
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
