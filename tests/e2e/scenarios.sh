@@ -130,29 +130,37 @@ events_have forged-dns '"reason":"dns_untrusted_source"' && pass "forged-dns: an
 
 # 5b: S3, a protected workload sending DNS answers itself: dropped before they leave.
 # The same forge from outside kloak is the control: it must get through.
-count_udp() { # FILE: packets received on 127.0.0.1:5355 within 6 s, written to FILE
-  python3 -c 'import socket
+# The listener says when it is bound (Python starts slowly in a TCG guest) and
+# counts until told to stop, so a slow kloak start cannot end the count early.
+count_udp() { # FILE: packets received on 127.0.0.1:5355 until FILE.stop exists, written to FILE
+  rm -f "$1.ready" "$1.stop"
+  python3 -c 'import os, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", 5355))
-s.settimeout(6)
+open(sys.argv[1] + ".ready", "w").close()
+s.settimeout(0.2)
 n = 0
-try:
-    while True:
+while not os.path.exists(sys.argv[1] + ".stop"):
+    try:
         s.recv(4096)
         n += 1
-except socket.timeout:
-    pass
-print(n)' > "$1" &
+    except socket.timeout:
+        pass
+print(n)' "$1" > "$1" &
+  for _ in $(seq 1 600); do [ -e "$1.ready" ] && return; sleep 0.1; done
+}
+stop_count() { # FILE PID: lets late packets arrive, then stops count_udp's listener
+  sleep 1; touch "$1.stop"; wait "$2"
 }
 forge=(python3 "$FIXTURES/dns_forge.py" --to 127.0.0.1:5355 --from 127.0.0.55 --from-port 53
   --name allowed.kloak.test --ip 127.0.0.2 --count 3)
-count_udp "$WORK/control.count"; listener=$!; sleep 0.5
+count_udp "$WORK/control.count"; listener=$!
 "${forge[@]}" > /dev/null
-wait $listener
-count_udp "$WORK/forged.count"; listener=$!; sleep 0.5
+stop_count "$WORK/control.count" $listener
+count_udp "$WORK/forged.count"; listener=$!
 RESOLVER=127.0.0.53 kloak_run forged-by-workload --secret "API_KEY=@$WORK/api_key" \
   --allow-host allowed.kloak.test --dns-server 127.0.0.53 -- "${forge[@]}"
-wait $listener
+stop_count "$WORK/forged.count" $listener
 if [ "$(cat "$WORK/control.count")" = 3 ] && [ "$(cat "$WORK/forged.count")" = 0 ]; then
   pass "forged-by-workload: forged answers dropped (3 got through without kloak, 0 with)"
 else
