@@ -153,7 +153,7 @@ pub fn capabilities(root: &Path) -> Check {
             NAME,
             format!("CapEff={mask:016x}: missing {resource}"),
             format!(
-                "only kernels before 5.11 need {resource} (to raise the memlock limit for BPF                  maps); grant it there"
+                "only kernels before 5.11 need {resource} (to raise the memlock limit for BPF maps); grant it there"
             ),
         )
     } else if missing.is_empty() {
