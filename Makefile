@@ -22,6 +22,7 @@ image:
 
 bench:
 	cargo bench --locked --bench secret_sync_latency
+	cargo bench --locked --bench node_scale
 	scripts/bench.sh
 
 clean:

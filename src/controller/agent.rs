@@ -18,6 +18,7 @@ use crate::dataplane::loader::LoaderError;
 use crate::dataplane::maps::{diff, MapError, MapName, MapOp, Records};
 use crate::dataplane::DataPlane;
 use crate::k8s;
+use crate::placeholder::{lookup_key, KEY_LEN};
 use crate::secrets::shadow::{self, recorded};
 use crate::secrets::store::{NodeStore, PodBinding, Shadow, Source, Unmapped};
 use crate::secrets::SecretRef;
@@ -95,6 +96,8 @@ pub struct Agent<S> {
     sources: BTreeMap<SecretRef, Secret>,
     /// Shadows as last seen, keyed by their source.
     shadows: BTreeMap<SecretRef, Secret>,
+    /// How many shadow placeholders use each lookup key.
+    lookup_keys: BTreeMap<[u8; KEY_LEN], usize>,
     applied: Records,
     require_hosts: bool,
     grace_seconds: i64,
@@ -117,6 +120,7 @@ impl<S: MapSink> Agent<S> {
             store: NodeStore::default(),
             sources: BTreeMap::new(),
             shadows: BTreeMap::new(),
+            lookup_keys: BTreeMap::new(),
             applied: adopted,
             require_hosts,
             grace_seconds,
@@ -149,6 +153,30 @@ impl<S: MapSink> Agent<S> {
 
     pub fn shadow(&self, secret: &SecretRef) -> Option<&Secret> {
         self.shadows.get(secret)
+    }
+
+    /// Whether a shadow already uses a placeholder with this lookup key: the
+    /// leader mints new placeholders outside that set.
+    pub fn is_key_taken(&self, key: &[u8; KEY_LEN]) -> bool {
+        self.lookup_keys.contains_key(key)
+    }
+
+    fn count_keys(&mut self, shadow_secret: &Secret, delta: isize) {
+        for placeholder in recorded(shadow_secret).0.into_values() {
+            let key = lookup_key(placeholder.as_bytes());
+            let count = self.lookup_keys.entry(key).or_default();
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                self.lookup_keys.remove(&key);
+            }
+        }
+    }
+
+    fn forget_shadow(&mut self, source: &SecretRef) {
+        if let Some(old) = self.shadows.remove(source) {
+            self.count_keys(&old, -1);
+        }
+        self.store.remove_shadow(source);
     }
 
     /// Every source or shadow this node knows of (the leader's full reconcile).
@@ -197,8 +225,7 @@ impl<S: MapSink> Agent<S> {
                 }
                 Feed::Shadows(_) => {
                     if let Some(secret) = parse_ref(key) {
-                        self.shadows.remove(&secret);
-                        self.store.remove_shadow(&secret);
+                        self.forget_shadow(&secret);
                     }
                 }
                 Feed::Pods => {
@@ -306,15 +333,17 @@ impl<S: MapSink> Agent<S> {
                 retired,
             },
         );
-        self.shadows.insert(source.clone(), shadow_secret);
+        self.count_keys(&shadow_secret, 1);
+        if let Some(old) = self.shadows.insert(source.clone(), shadow_secret) {
+            self.count_keys(&old, -1);
+        }
         Some(source)
     }
 
     pub fn shadow_deleted(&mut self, shadow_secret: &Secret) -> Option<SecretRef> {
         let owner = shadow_secret.labels().get(k8s::OWNER_LABEL)?;
         let source = SecretRef::new(shadow_secret.namespace().unwrap_or_default(), owner.clone());
-        self.shadows.remove(&source);
-        self.store.remove_shadow(&source);
+        self.forget_shadow(&source);
         Some(source)
     }
 
@@ -567,6 +596,21 @@ mod tests {
         assert!(!agent.is_synced(), "shadows and pods have not listed");
         agent.begin_listing(agents.clone());
         assert_eq!(agent.end_listing(agents), vec!["agents/openai".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn lookup_keys_of_shadows_are_counted_and_forgotten() {
+        let (mut agent, _) = listed_agent();
+        let src = labelled_source();
+        let shadow_secret = shadow_of(&src);
+        let (placeholders, _) = recorded(&shadow_secret);
+        let key = lookup_key(placeholders["API_KEY"].as_bytes());
+        assert!(!agent.is_key_taken(&key));
+        agent.shadow_applied(shadow_secret.clone());
+        agent.shadow_applied(shadow_secret.clone());
+        assert!(agent.is_key_taken(&key), "re-applying counts once");
+        agent.shadow_deleted(&shadow_secret);
+        assert!(!agent.is_key_taken(&key));
     }
 
     #[tokio::test]

@@ -155,11 +155,12 @@ impl Node {
         }
         let result = self
             .writer
-            .reconcile(
+            .reconcile_avoiding(
                 secret,
                 self.agent.source(secret),
                 self.agent.shadow(secret),
                 unix_now(),
+                &|key| self.agent.is_key_taken(key),
             )
             .await;
         match result {

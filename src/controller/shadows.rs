@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::k8s;
+use crate::placeholder::KEY_LEN;
 use crate::secrets::shadow::{self, Problem};
 use crate::secrets::SecretRef;
 
@@ -103,6 +104,20 @@ impl ShadowWriter {
         existing: Option<&Secret>,
         now: i64,
     ) -> Result<Outcome, WriteError> {
+        self.reconcile_avoiding(secret, source, existing, now, &|_| false)
+            .await
+    }
+
+    /// [`Self::reconcile`], minting new placeholders whose lookup keys are not
+    /// taken by other shadows.
+    pub async fn reconcile_avoiding(
+        &self,
+        secret: &SecretRef,
+        source: Option<&Secret>,
+        existing: Option<&Secret>,
+        now: i64,
+        is_taken: &(dyn Fn(&[u8; KEY_LEN]) -> bool + Sync),
+    ) -> Result<Outcome, WriteError> {
         if !self.is_leader() {
             return Ok(Outcome::Follower);
         }
@@ -130,12 +145,13 @@ impl ShadowWriter {
             return Ok(Outcome::NameTaken);
         }
         let mut rng = rand::rngs::OsRng;
-        let plan = match shadow::plan(
+        let plan = match shadow::plan_avoiding(
             source,
             managed,
             self.require_hosts,
             now,
             self.grace_seconds,
+            is_taken,
             &mut rng,
         ) {
             Ok(plan) => plan,

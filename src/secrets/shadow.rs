@@ -188,6 +188,32 @@ pub fn plan(
     grace_seconds: i64,
     rng: &mut impl RngCore,
 ) -> Result<Plan, Vec<Problem>> {
+    plan_avoiding(
+        source,
+        existing,
+        require_hosts,
+        now,
+        grace_seconds,
+        &|_| false,
+        rng,
+    )
+}
+
+/// Draws before giving up on a placeholder whose lookup key is taken.
+const KEY_DRAWS: usize = 32;
+
+/// [`plan`], where a new placeholder never starts with the same 16 bytes (the
+/// kernel's lookup key) as a taken one: values with few Huffman-compatible
+/// placeholders would otherwise collide at scale.
+pub fn plan_avoiding(
+    source: &Secret,
+    existing: Option<&Secret>,
+    require_hosts: bool,
+    now: i64,
+    grace_seconds: i64,
+    is_taken: &dyn Fn(&[u8; placeholder::KEY_LEN]) -> bool,
+    rng: &mut impl RngCore,
+) -> Result<Plan, Vec<Problem>> {
     let policy = policy_of(source, require_hosts);
     let values = values_of(source);
     let (policy, values) = match (policy, values) {
@@ -208,7 +234,7 @@ pub fn plan(
             .filter(|old| placeholder::is_compatible(old, value));
         let chosen = match kept {
             Some(old) => old.clone(),
-            None => match placeholder::generate(value, rng) {
+            None => match generate_free(value, is_taken, rng) {
                 Ok(new) => {
                     if let Some(old) = previous.get(key) {
                         retired.push(Retired {
@@ -238,6 +264,23 @@ pub fn plan(
         retired,
         policy,
     })
+}
+
+/// A new placeholder whose lookup key is not taken; after [`KEY_DRAWS`]
+/// draws the last one is used (the node then reports the clash).
+fn generate_free(
+    value: &SecretValue,
+    is_taken: &dyn Fn(&[u8; placeholder::KEY_LEN]) -> bool,
+    rng: &mut impl RngCore,
+) -> Result<Placeholder, PlaceholderError> {
+    let mut drawn = placeholder::generate(value, rng)?;
+    for _ in 1..KEY_DRAWS {
+        if !is_taken(&placeholder::lookup_key(drawn.as_bytes())) {
+            break;
+        }
+        drawn = placeholder::generate(value, rng)?;
+    }
+    Ok(drawn)
 }
 
 /// The shadow Secret object for a plan: same type, managed labels, owned by the source.
@@ -313,6 +356,7 @@ pub(crate) mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+    use std::collections::BTreeSet;
 
     pub(crate) const REAL: &str = "sk-live-0123456789abcdefghij";
 
@@ -433,6 +477,22 @@ pub(crate) mod tests {
         assert_eq!(later.retired.len(), 1);
         let expired = plan_for(&changed, Some(&shadow), 2600).expect("plan");
         assert!(expired.retired.is_empty());
+    }
+
+    #[test]
+    fn a_new_placeholder_avoids_taken_lookup_keys() {
+        let src = source(&[("API_KEY", REAL)], &[]);
+        let usual = plan_for(&src, None, 0).expect("plan").placeholders["API_KEY"].clone();
+        let taken = BTreeSet::from([placeholder::lookup_key(usual.as_bytes())]);
+        let is_taken = |key: &[u8; placeholder::KEY_LEN]| taken.contains(key);
+        let avoided =
+            plan_avoiding(&src, None, false, 0, 600, &is_taken, &mut rng()).expect("plan");
+        let chosen = &avoided.placeholders["API_KEY"];
+        assert!(!taken.contains(&placeholder::lookup_key(chosen.as_bytes())));
+        assert!(placeholder::is_compatible(
+            chosen,
+            &SecretValue::new(REAL.as_bytes().to_vec())
+        ));
     }
 
     #[test]

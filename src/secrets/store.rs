@@ -11,9 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use crate::dataplane::maps::{DesiredState, SecretState};
+use crate::dataplane::maps::{host_id, DesiredState, SecretState};
 use crate::placeholder::{self, Placeholder, SecretValue};
-use crate::policy::{fnv1a64, Policy};
+use crate::policy::{fnv1a64, HostPattern, Policy};
 
 use super::shadow::Retired;
 use super::SecretRef;
@@ -213,18 +213,48 @@ impl NodeStore {
     }
 
     /// What the kernel maps should hold now.
+    ///
+    /// A mapping that would clash with one already taken (same secret id,
+    /// same 16-byte lookup key, or a host pattern whose id another pattern
+    /// has) is left out and reported: one clash must never stop the whole
+    /// node's maps from updating.
     pub fn desired(&self, now: i64) -> (DesiredState, Vec<Unmapped>) {
-        let (mapped, unmapped) = self.mappings(now);
+        let (mapped, mut unmapped) = self.mappings(now);
         let mut state = DesiredState {
             resolvers: self.resolvers.clone(),
             ..DesiredState::default()
         };
         let mut ids_of: BTreeMap<&SecretRef, Vec<u32>> = BTreeMap::new();
+        let mut lookup_keys = BTreeSet::new();
+        let mut host_ids: BTreeMap<u32, &HostPattern> = BTreeMap::new();
         for mapping in mapped {
             let id = secret_id(mapping.secret, mapping.key, &mapping.placeholder);
-            if state.secrets.contains_key(&id) {
-                // Two mappings hashing alike: refuse the second rather than confuse them.
+            let key = placeholder::lookup_key(mapping.placeholder.as_bytes());
+            let host_clash = mapping.policy.hosts.iter().any(|host| {
+                host_ids
+                    .get(&host_id(host))
+                    .is_some_and(|taken| *taken != host)
+            });
+            let clash = if state.secrets.contains_key(&id) {
+                Some("its secret id hashes like another mapping's")
+            } else if lookup_keys.contains(&key) {
+                Some("its placeholder's first 16 bytes equal another secret's: delete its shadow so the leader mints a new one")
+            } else if host_clash {
+                Some("one of its host patterns hashes like another secret's pattern")
+            } else {
+                None
+            };
+            if let Some(reason) = clash {
+                unmapped.push(Unmapped {
+                    secret: mapping.secret.clone(),
+                    key: mapping.key.clone(),
+                    reason,
+                });
                 continue;
+            }
+            lookup_keys.insert(key);
+            for host in &mapping.policy.hosts {
+                host_ids.insert(host_id(host), host);
             }
             ids_of.entry(mapping.secret).or_default().push(id);
             state.secrets.insert(
@@ -435,6 +465,35 @@ mod tests {
             BTreeMap::from([(new_p.as_str().to_owned(), NEW.to_owned())])
         );
         assert_eq!(store.desired(0).1.len(), 1);
+    }
+
+    #[test]
+    fn a_lookup_key_clash_leaves_out_one_secret_not_the_whole_node() {
+        // Two placeholders sharing their first 16 bytes (possible for
+        // low-entropy values): the first in order is kept, the other reported.
+        let first = crate::placeholder::validate("kloak:ABCDEFGHJK0123abcd").expect("valid");
+        let second = crate::placeholder::validate("kloak:ABCDEFGHJK0123wxyz").expect("valid");
+        let mut store = NodeStore::default();
+        for (name, p) in [("a", &first), ("b", &second)] {
+            let secret = SecretRef::new("agents", name);
+            let mut src = source("sk-old-value-01234567");
+            src.values.insert(
+                "API_KEY".into(),
+                SecretValue::new(value_like(p).into_bytes()),
+            );
+            store.upsert_source(secret.clone(), src, 0, 600);
+            store.upsert_shadow(secret, shadow(p, vec![]));
+        }
+        let (state, unmapped) = store.desired(0);
+        assert_eq!(state.secrets.len(), 1);
+        assert!(state.records().is_ok(), "the rest of the node still syncs");
+        assert_eq!(unmapped.len(), 1);
+        assert_eq!(unmapped[0].secret.name, "b");
+    }
+
+    /// A value with the placeholder's length and Huffman length: the placeholder itself.
+    fn value_like(p: &Placeholder) -> String {
+        p.as_str().to_owned()
     }
 
     #[test]
