@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::watcher::Event as WatchEvent;
 use kube::ResourceExt;
 use tracing::{debug, trace, warn};
+use zeroize::Zeroizing;
 
 use crate::dataplane::loader::LoaderError;
-use crate::dataplane::maps::{diff, MapError, MapName, MapOp, Records};
+use crate::dataplane::maps::{MapError, MapName, MapOp, RecordKey, Records};
 use crate::dataplane::DataPlane;
 use crate::k8s;
 use crate::placeholder::{lookup_key, KEY_LEN};
@@ -98,7 +99,9 @@ pub struct Agent<S> {
     shadows: BTreeMap<SecretRef, Secret>,
     /// How many shadow placeholders use each lookup key.
     lookup_keys: BTreeMap<[u8; KEY_LEN], usize>,
-    applied: Records,
+    /// What the kernel maps hold, zero runs packed (a secret record is 8 KiB,
+    /// mostly padding).
+    applied: BTreeMap<RecordKey, Packed>,
     require_hosts: bool,
     grace_seconds: i64,
     expected: BTreeSet<Feed>,
@@ -121,7 +124,10 @@ impl<S: MapSink> Agent<S> {
             sources: BTreeMap::new(),
             shadows: BTreeMap::new(),
             lookup_keys: BTreeMap::new(),
-            applied: adopted,
+            applied: adopted
+                .iter()
+                .map(|(key, value)| (key.clone(), pack(value)))
+                .collect(),
             require_hosts,
             grace_seconds,
             expected: feeds,
@@ -363,19 +369,54 @@ impl<S: MapSink> Agent<S> {
         }
         self.store.expire(now);
         let (state, unmapped) = self.store.desired(now);
-        let records = state.records()?;
-        let ops = diff(&self.applied, &records);
+        // Records are compared one at a time with what the kernel holds and
+        // only changed ones are copied: 10,000 secret records of 8 KiB never
+        // sit in memory twice.
+        let mut seen: BTreeSet<RecordKey> = BTreeSet::new();
+        let mut ops = Vec::new();
+        let mut changed: Vec<(RecordKey, Option<Packed>)> = Vec::new();
+        state.visit_records(&mut |map, key, value| {
+            let record_key = (map, key.to_vec());
+            let packed = pack(value);
+            if self.applied.get(&record_key) != Some(&packed) {
+                changed.push((record_key.clone(), Some(packed)));
+                ops.push(MapOp {
+                    map,
+                    key: key.to_vec(),
+                    value: Some(Zeroizing::new(value.to_vec())),
+                });
+            }
+            seen.insert(record_key);
+        })?;
+        for (map, key) in self.applied.keys() {
+            if !seen.contains(&(*map, key.clone())) {
+                changed.push(((*map, key.clone()), None));
+                ops.push(MapOp {
+                    map: *map,
+                    key: key.clone(),
+                    value: None,
+                });
+            }
+        }
         let count = ops.len();
         if count > 0 {
-            if let Err(err) = self.sink.apply(ops).await {
-                // Part may have landed: remember every key it could have
-                // written, so a later diff rewrites or deletes each of them.
-                for key in records.keys() {
-                    self.applied.entry(key.clone()).or_default();
+            let result = self.sink.apply(ops).await;
+            for (key, value) in changed {
+                match (&result, value) {
+                    (Ok(()), Some(value)) => {
+                        self.applied.insert(key, value);
+                    }
+                    (Ok(()), None) => {
+                        self.applied.remove(&key);
+                    }
+                    // Part may have landed: an empty pack matches no record,
+                    // so the next sync rewrites or deletes each of these.
+                    (Err(_), _) => {
+                        self.applied.insert(key, Packed::default());
+                    }
                 }
-                return Err(err.into());
             }
-            self.applied = records;
+            result?;
         }
         let (secrets_mapped, secrets_any_host) = self.store.counts(now);
         Ok(SyncReport {
@@ -385,6 +426,34 @@ impl<S: MapSink> Agent<S> {
             unmapped,
         })
     }
+}
+
+/// A record with its zero runs packed; wiped on drop (it holds real values).
+type Packed = Zeroizing<Vec<u8>>;
+
+/// Packs a record as (literal length, zero-run length, literal bytes) chunks,
+/// lengths as u16: an unambiguous encoding, so equal packs mean equal records.
+fn pack(value: &[u8]) -> Packed {
+    let mut packed = Zeroizing::new(Vec::with_capacity(64));
+    let mut rest = value;
+    while !rest.is_empty() {
+        let literal = rest
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(rest.len())
+            .min(u16::MAX as usize);
+        let after = &rest[literal..];
+        let zeros = after
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(after.len())
+            .min(u16::MAX as usize);
+        packed.extend_from_slice(&(literal as u16).to_le_bytes());
+        packed.extend_from_slice(&(zeros as u16).to_le_bytes());
+        packed.extend_from_slice(&rest[..literal]);
+        rest = &rest[literal + zeros..];
+    }
+    packed
 }
 
 fn scoped_keys<'a>(
@@ -560,7 +629,7 @@ mod tests {
         before.shadow_applied(shadow_secret.clone());
         before.pod_applied("uid-1".into(), binding(42));
         before.sync(0).await.expect("sync");
-        let pinned = before.applied.clone();
+        let pinned = before.store.desired(0).0.records().expect("records");
 
         let sink = Recorder::default();
         let mut after = Agent::new(sink.clone(), pinned, feeds(), false, 600);
@@ -596,6 +665,20 @@ mod tests {
         assert!(!agent.is_synced(), "shadows and pods have not listed");
         agent.begin_listing(agents.clone());
         assert_eq!(agent.end_listing(agents), vec!["agents/openai".to_owned()]);
+    }
+
+    #[test]
+    fn packing_is_unambiguous() {
+        let records: [&[u8]; 7] = [b"", b"\0", b"\0\0", b"a", b"a\0", b"\0a", b"a\0\0b\0"];
+        for a in records {
+            for b in records {
+                assert_eq!(pack(a) == pack(b), a == b, "{a:?} vs {b:?}");
+            }
+        }
+        let secret_like = [vec![7u8; 20], vec![0; 4096], vec![9; 30], vec![0; 4066]].concat();
+        assert!(pack(&secret_like).len() < 80, "padding packs away");
+        let long_literal = vec![1u8; 70_000];
+        assert_ne!(pack(&long_literal), pack(&long_literal[..69_999]));
     }
 
     #[tokio::test]

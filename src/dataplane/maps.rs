@@ -122,21 +122,25 @@ pub fn kernel_addr(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn record(records: &mut Records, map: MapName, key: &[u8], value: &[u8]) {
-    records.insert((map, key.to_vec()), Zeroizing::new(value.to_vec()));
-}
+/// Receives records one at a time: (map, key, value). A secret's value is
+/// only valid during the call (it is wiped right after).
+pub type RecordSink<'a> = dyn FnMut(MapName, &[u8], &[u8]) + 'a;
 
 impl DesiredState {
     pub fn records(&self) -> Result<Records, MapError> {
         let mut records = Records::new();
+        self.visit_records(&mut |map, key, value| {
+            records.insert((map, key.to_vec()), Zeroizing::new(value.to_vec()));
+        })?;
+        Ok(records)
+    }
+
+    /// Every record, one at a time, without holding them all: at 10,000
+    /// secrets of 8 KiB each that is the difference that matters.
+    pub fn visit_records(&self, record: &mut RecordSink<'_>) -> Result<(), MapError> {
         let mut hosts: BTreeMap<u32, HostPattern> = BTreeMap::new();
         for cgroup in &self.cgroups {
-            record(
-                &mut records,
-                MapName::Cgroups,
-                &cgroup.to_ne_bytes(),
-                &1u32.to_ne_bytes(),
-            );
+            record(MapName::Cgroups, &cgroup.to_ne_bytes(), &1u32.to_ne_bytes());
         }
         let mut keys: BTreeMap<[u8; 16], u32> = BTreeMap::new();
         for (&id, secret) in &self.secrets {
@@ -147,7 +151,6 @@ impl DesiredState {
             keys.insert(key, id);
             let kernel = secret_record(id, secret, &mut hosts)?;
             record(
-                &mut records,
                 MapName::Secrets,
                 bytes_of(&kloak_secret_key { bytes: key }),
                 bytes_of(&*kernel),
@@ -159,10 +162,10 @@ impl DesiredState {
                 secret_id,
                 ..Default::default()
             };
-            record(&mut records, MapName::Bindings, bytes_of(&key), &[1]);
+            record(MapName::Bindings, bytes_of(&key), &[1]);
         }
         for (&id, pattern) in &hosts {
-            host_records(&mut records, id, pattern)?;
+            host_records(record, id, pattern)?;
         }
         for resolver in &self.resolvers {
             let mut key = kloak_resolver_key {
@@ -170,9 +173,9 @@ impl DesiredState {
                 ..Default::default()
             };
             key.addr.bytes = kernel_addr(resolver.ip());
-            record(&mut records, MapName::Resolvers, bytes_of(&key), &[1]);
+            record(MapName::Resolvers, bytes_of(&key), &[1]);
         }
-        Ok(records)
+        Ok(())
     }
 }
 
@@ -245,7 +248,11 @@ fn secret_record(
     Ok(kernel)
 }
 
-fn host_records(records: &mut Records, id: u32, pattern: &HostPattern) -> Result<(), MapError> {
+fn host_records(
+    record: &mut RecordSink<'_>,
+    id: u32,
+    pattern: &HostPattern,
+) -> Result<(), MapError> {
     match pattern {
         HostPattern::Ip(ip) => {
             // An IP literal is its own proof: verified for ever.
@@ -257,7 +264,7 @@ fn host_records(records: &mut Records, id: u32, pattern: &HostPattern) -> Result
             let value = kloak_verified {
                 expires_ns: u64::MAX,
             };
-            record(records, MapName::Verified, bytes_of(&key), bytes_of(&value));
+            record(MapName::Verified, bytes_of(&key), bytes_of(&value));
         }
         HostPattern::Exact(name) | HostPattern::Suffix(name) => {
             if name.len() > NAME_MAX {
@@ -276,7 +283,7 @@ fn host_records(records: &mut Records, id: u32, pattern: &HostPattern) -> Result
             for (dst, src) in value.name.iter_mut().zip(name.bytes()) {
                 *dst = src as i8;
             }
-            record(records, MapName::Names, bytes_of(&key), bytes_of(&value));
+            record(MapName::Names, bytes_of(&key), bytes_of(&value));
         }
     }
     Ok(())
