@@ -21,7 +21,7 @@ use crate::dataplane::DataPlane;
 use crate::k8s;
 use crate::placeholder::{lookup_key, KEY_LEN};
 use crate::secrets::shadow::{self, recorded};
-use crate::secrets::store::{NodeStore, PodBinding, Shadow, Source, Unmapped};
+use crate::secrets::store::{Desired, NodeStore, PodBinding, Shadow, Source, Unmapped};
 use crate::secrets::SecretRef;
 
 /// The maps the agent owns: adopted entries of these are diffed away when stale.
@@ -368,7 +368,12 @@ impl<S: MapSink> Agent<S> {
             return Ok(SyncReport::default());
         }
         self.store.expire(now);
-        let (state, unmapped) = self.store.desired(now);
+        let Desired {
+            state,
+            unmapped,
+            secrets_mapped,
+            secrets_any_host,
+        } = self.store.desired(now);
         // Records are compared one at a time with what the kernel holds and
         // only changed ones are copied: 10,000 secret records of 8 KiB never
         // sit in memory twice.
@@ -418,7 +423,6 @@ impl<S: MapSink> Agent<S> {
             }
             result?;
         }
-        let (secrets_mapped, secrets_any_host) = self.store.counts(now);
         Ok(SyncReport {
             ops: count,
             secrets_mapped,
@@ -629,7 +633,7 @@ mod tests {
         before.shadow_applied(shadow_secret.clone());
         before.pod_applied("uid-1".into(), binding(42));
         before.sync(0).await.expect("sync");
-        let pinned = before.store.desired(0).0.records().expect("records");
+        let pinned = before.store.desired(0).state.records().expect("records");
 
         let sink = Recorder::default();
         let mut after = Agent::new(sink.clone(), pinned, feeds(), false, 600);

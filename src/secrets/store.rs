@@ -128,21 +128,6 @@ impl NodeStore {
         self.pods.iter()
     }
 
-    /// Number of sources with at least one mapped placeholder, and of those without hosts.
-    pub fn counts(&self, now: i64) -> (usize, usize) {
-        let mapped: BTreeSet<&SecretRef> =
-            self.mappings(now).0.into_iter().map(|m| m.secret).collect();
-        let any_host = mapped
-            .iter()
-            .filter(|s| {
-                self.sources
-                    .get(**s)
-                    .is_some_and(|src| src.policy.allows_any_host())
-            })
-            .count();
-        (mapped.len(), any_host)
-    }
-
     /// Drops kept old values whose grace period is over.
     pub fn expire(&mut self, now: i64) {
         self.old_values.retain(|_, old| old.until > now);
@@ -218,8 +203,18 @@ impl NodeStore {
     /// same 16-byte lookup key, or a host pattern whose id another pattern
     /// has) is left out and reported: one clash must never stop the whole
     /// node's maps from updating.
-    pub fn desired(&self, now: i64) -> (DesiredState, Vec<Unmapped>) {
+    pub fn desired(&self, now: i64) -> Desired {
         let (mapped, mut unmapped) = self.mappings(now);
+        let mapped_secrets: BTreeSet<&SecretRef> = mapped.iter().map(|m| m.secret).collect();
+        let secrets_any_host = mapped_secrets
+            .iter()
+            .filter(|s| {
+                self.sources
+                    .get(**s)
+                    .is_some_and(|src| src.policy.allows_any_host())
+            })
+            .count();
+        let secrets_mapped = mapped_secrets.len();
         let mut state = DesiredState {
             resolvers: self.resolvers.clone(),
             ..DesiredState::default()
@@ -277,8 +272,23 @@ impl NodeStore {
                 }
             }
         }
-        (state, unmapped)
+        Desired {
+            state,
+            unmapped,
+            secrets_mapped,
+            secrets_any_host,
+        }
     }
+}
+
+/// What the kernel maps should hold, and what could not be mapped.
+pub struct Desired {
+    pub state: DesiredState,
+    pub unmapped: Vec<Unmapped>,
+    /// Sources with at least one mapped placeholder.
+    pub secrets_mapped: usize,
+    /// Of those, the ones without allowed hosts.
+    pub secrets_any_host: usize,
 }
 
 struct Mapping<'a> {
@@ -352,7 +362,7 @@ mod tests {
     fn mapped(store: &NodeStore, now: i64) -> BTreeMap<String, String> {
         store
             .desired(now)
-            .0
+            .state
             .secrets
             .values()
             .map(|s| {
@@ -390,12 +400,12 @@ mod tests {
         let mut elsewhere = pod(&["openai"], &[31]);
         elsewhere.namespace = "other-ns".into();
         store.upsert_pod("uid-c".into(), elsewhere);
-        let (state, _) = store.desired(0);
+        let state = store.desired(0).state;
         let id = *state.secrets.keys().next().expect("one secret");
         assert_eq!(state.bindings, BTreeSet::from([(11, id), (12, id)]));
         assert_eq!(state.cgroups, BTreeSet::from([11, 12, 21, 31]));
         store.remove_pod("uid-a");
-        assert!(store.desired(0).0.bindings.is_empty());
+        assert!(store.desired(0).state.bindings.is_empty());
     }
 
     #[test]
@@ -441,7 +451,9 @@ mod tests {
         let mut store = NodeStore::default();
         store.upsert_source(secret(), source(OLD), 0, 600);
         store.upsert_shadow(secret(), shadow(&wrong, vec![]));
-        let (state, unmapped) = store.desired(0);
+        let Desired {
+            state, unmapped, ..
+        } = store.desired(0);
         assert!(state.secrets.is_empty());
         assert_eq!(unmapped.len(), 1);
         assert_eq!(unmapped[0].key, "API_KEY");
@@ -464,7 +476,7 @@ mod tests {
             mapped(&store, 0),
             BTreeMap::from([(new_p.as_str().to_owned(), NEW.to_owned())])
         );
-        assert_eq!(store.desired(0).1.len(), 1);
+        assert_eq!(store.desired(0).unmapped.len(), 1);
     }
 
     #[test]
@@ -484,7 +496,9 @@ mod tests {
             store.upsert_source(secret.clone(), src, 0, 600);
             store.upsert_shadow(secret, shadow(p, vec![]));
         }
-        let (state, unmapped) = store.desired(0);
+        let Desired {
+            state, unmapped, ..
+        } = store.desired(0);
         assert_eq!(state.secrets.len(), 1);
         assert!(state.records().is_ok(), "the rest of the node still syncs");
         assert_eq!(unmapped.len(), 1);
@@ -505,7 +519,7 @@ mod tests {
             store.upsert_shadow(secret(), shadow(&p, vec![]));
             store
                 .desired(0)
-                .0
+                .state
                 .secrets
                 .keys()
                 .copied()
@@ -523,6 +537,7 @@ mod tests {
         open.policy.hosts.clear();
         store.upsert_source(secret(), open, 0, 600);
         store.upsert_shadow(secret(), shadow(&p, vec![]));
-        assert_eq!(store.counts(0), (1, 1));
+        let desired = store.desired(0);
+        assert_eq!((desired.secrets_mapped, desired.secrets_any_host), (1, 1));
     }
 }
