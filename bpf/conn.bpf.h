@@ -50,7 +50,13 @@ static __always_inline void conn_set_fd(__u64 cgroup_id, __u64 tls_ptr, int fd, 
 
 	if (conn && conn->fd == fd && (conn->flags & KLOAK_CONN_HAS_FD))
 		return;
-	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	if (conn && !(conn->flags & KLOAK_CONN_HAS_FD)) {
+		/* First socket of this object: keep what its writes taught (HTTP/2 framing). */
+		conn->fd = fd;
+		conn->flags |= KLOAK_CONN_HAS_FD;
+	} else {
+		bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	}
 	conn_event(cgroup_id, hook, fd);
 }
 
@@ -75,8 +81,22 @@ int BPF_UPROBE(handle_ssl_set_bio, void *ssl)
 }
 
 /*
- * A handshake inside SSL_write (implicit handshake) must not replace or end
- * the write's own record: the write's return probe needs it.
+ * A TLS call returned and its object still has no socket: with a memory BIO
+ * its output leaves with the thread's next TCP write (on_socket_write).
+ */
+static __always_inline void note_memory_bio(__u64 tls_ptr, __u32 tid)
+{
+	struct kloak_conn_key key = conn_key(tls_ptr);
+	struct kloak_conn *conn = bpf_map_lookup_elem(&conns, &key);
+
+	if (!conn || !(conn->flags & KLOAK_CONN_HAS_FD))
+		bpf_map_update_elem(&bio_pending, &tid, &tls_ptr, BPF_ANY);
+}
+
+/*
+ * Entry of SSL_do_handshake, SSL_connect and SSL_read(_ex): each may drive
+ * the handshake. A handshake inside SSL_write (implicit handshake) must not
+ * replace or end the write's own record: the write's return probe needs it.
  */
 SEC("uprobe")
 int BPF_UPROBE(handle_ssl_handshake, void *ssl)
@@ -95,8 +115,10 @@ int BPF_URETPROBE(handle_ssl_handshake_ret)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct kloak_tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
 
-	if (call && call->buf == 0)
+	if (call && call->buf == 0) {
+		note_memory_bio(call->tls_ptr, tid);
 		bpf_map_delete_elem(&tls_calls, &tid);
+	}
 	return 0;
 }
 
@@ -193,6 +215,45 @@ static __always_inline void conn_learn_sni(struct kloak_conn_key *key, const __u
 	}
 }
 
+static __always_inline bool is_client_hello(const __u8 *buf, __u32 len)
+{
+	__u8 head[6];
+
+	return buf && len >= sizeof(head) && !bpf_probe_read_user(head, sizeof(head), buf) &&
+	       head[0] == TLS_HANDSHAKE && head[1] == 3 && head[5] == TLS_CLIENT_HELLO;
+}
+
+/*
+ * The first TCP write of a thread after a memory-BIO TLS call. It names the
+ * object's socket only when it is that object's ClientHello going out as the
+ * very first bytes of a fresh connection: a later write (another object's
+ * data flushed from a callback) never attributes. A process that moves
+ * ciphertext itself controls where it goes anyway (it holds the session
+ * keys); what this guarantees is the runtime's own, ordinary path.
+ */
+static __always_inline void on_memory_bio_write(__u32 tid, int fd, const __u8 *buf, __u32 len)
+{
+	__u64 *pending = bpf_map_lookup_elem(&bio_pending, &tid);
+	struct kloak_conn_key key;
+	struct sock *sk;
+	__u64 cgroup_id, tls_ptr;
+
+	if (!pending)
+		return;
+	sk = tcp_sock_of_fd(fd);
+	if (!sk)
+		return;                  /* pipes, UDP: not the TLS output */
+	tls_ptr = *pending;
+	bpf_map_delete_elem(&bio_pending, &tid);
+	cgroup_id = enabled_cgroup();
+	if (!cgroup_id || !is_client_hello(buf, len) ||
+	    BPF_CORE_READ((struct tcp_sock *)sk, bytes_sent) != 0)
+		return;
+	conn_set_fd(cgroup_id, tls_ptr, fd, KLOAK_HOOK_SYSCALL);
+	key = conn_key(tls_ptr);
+	conn_learn_sni(&key, buf, len);
+}
+
 /* A socket write by a thread inside the TLS library: learn the object's fd. */
 static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
 {
@@ -201,8 +262,10 @@ static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
 	struct kloak_conn_key key;
 	__u64 cgroup_id;
 
-	if (!call)
+	if (!call) {
+		on_memory_bio_write(tid, fd, buf, len);
 		return;
+	}
 	cgroup_id = enabled_cgroup();
 	if (!cgroup_id || !tcp_sock_of_fd(fd))
 		return;
@@ -211,6 +274,14 @@ static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
 	/* The ClientHello leaves during the handshake call (call->buf is 0 there). */
 	if (buf && !call->buf)
 		conn_learn_sni(&key, buf, len);
+}
+
+/* Cheap test first: is this thread inside, or just out of, a TLS call? */
+static __always_inline bool tls_thread(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	return bpf_map_lookup_elem(&tls_calls, &tid) || bpf_map_lookup_elem(&bio_pending, &tid);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
@@ -233,7 +304,7 @@ int handle_sys_sendmsg(struct trace_event_raw_sys_enter *ctx)
 	struct user_msghdr msg = {};
 	struct iovec iov = {};
 
-	if (!bpf_map_lookup_elem(&tls_calls, &(__u32){ (__u32)bpf_get_current_pid_tgid() }))
+	if (!tls_thread())
 		return 0;
 	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ctx->args[1]) || !msg.msg_iov ||
 	    bpf_probe_read_user(&iov, sizeof(iov), msg.msg_iov))
@@ -248,7 +319,7 @@ int handle_sys_writev(struct trace_event_raw_sys_enter *ctx)
 {
 	struct iovec iov = {};
 
-	if (!bpf_map_lookup_elem(&tls_calls, &(__u32){ (__u32)bpf_get_current_pid_tgid() }))
+	if (!tls_thread())
 		return 0;
 	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)ctx->args[1]))
 		on_socket_write((int)ctx->args[0], NULL, 0);

@@ -37,6 +37,7 @@ static __always_inline int ssl_write_entry(struct pt_regs *ctx, __u32 hook, cons
 		return 0;
 	bpf_map_update_elem(&tls_calls, &tid, &call, BPF_ANY);
 	c.hook = hook;
+	c.tls_ptr = ssl;
 	c.fd = -1;
 	c.conn = bpf_map_lookup_elem(&conns, &key);
 	if (c.conn && (c.conn->flags & KLOAK_CONN_HAS_FD))
@@ -52,8 +53,13 @@ static __always_inline void ssl_write_exit(const bool can_write)
 	__u32 tid = (__u32)pid_tgid;
 	struct kloak_restore_key key = { .tgid = pid_tgid >> 32, .tid = tid };
 
+	struct kloak_tls_call *call;
+
 	if (!enabled_cgroup())
 		return;
+	call = bpf_map_lookup_elem(&tls_calls, &tid);
+	if (call)
+		note_memory_bio(call->tls_ptr, tid);
 	bpf_map_delete_elem(&tls_calls, &tid);
 	/* Always: whatever ran inside the write, its placeholders go back (S5). */
 	if (can_write)
@@ -128,6 +134,7 @@ static __always_inline int go_conn_fd(struct pt_regs *ctx, __u64 conn)
 
 static __always_inline int go_write_entry(struct pt_regs *ctx, const bool can_write)
 {
+	struct kloak_conn_key go_key = conn_key(ctx->ax);
 	struct write_ctx c = {};
 
 	count(KLOAK_CTR_WRITE_CALLS);
@@ -136,6 +143,8 @@ static __always_inline int go_write_entry(struct pt_regs *ctx, const bool can_wr
 		return 0;
 	count(KLOAK_CTR_WRITE_ENABLED);
 	c.hook = KLOAK_HOOK_GO_WRITE;
+	c.tls_ptr = ctx->ax;
+	c.conn = bpf_map_lookup_elem(&conns, &go_key);
 	c.fd = go_conn_fd(ctx, ctx->ax);
 	c.rkey.tgid = bpf_get_current_pid_tgid() >> 32;
 	c.rkey.goroutine = ctx->r14;
@@ -228,5 +237,6 @@ enum kloak_reason kloak_reason_ = 0;
 enum kloak_hook kloak_hook_ = 0;
 enum kloak_counter kloak_counter_ = 0;
 enum kloak_rewrite_mode kloak_rewrite_mode_ = 0;
+enum kloak_encoding kloak_encoding_ = 0;
 enum kloak_secret_flags kloak_secret_flags_ = 0;
 enum kloak_limits kloak_limits_ = 0;

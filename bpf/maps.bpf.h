@@ -123,6 +123,15 @@ struct {
 struct scan_scratch {
 	__u32 count;
 	__u32 cand[KLOAK_MAX_MATCHES];
+	__u32 huff_count;
+	__u32 huff_cand[KLOAK_MAX_MATCHES];  /* byte offset << 3 | bit shift */
+	__u8 chunk[64] __attribute__((aligned(8)));  /* a piece of the user's buffer, compared */
+	/* HTTP/2 walk (hpack.bpf.h): scalars kept here, off the 512-byte stack */
+	__u32 h2_off;                    /* frame walk position */
+	__u32 huff_from;                 /* header block being searched */
+	__u32 huff_to;
+	__u32 huff_block;                /* eight bytes with a possible prefix */
+	__u64 huff_next_free;            /* in bits: candidates before lie inside a match */
 	__u8 buf[KLOAK_SCAN_MAX + 64];
 };
 
@@ -132,6 +141,59 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scan_scratch);
 } scan_buf SEC(".maps");
+
+/*
+ * Per-CPU scratch for one Huffman-coded placeholder: the user's bytes as they
+ * are now, and the same bytes with the placeholder's (or the value's) bits
+ * spliced in at the right shift.
+ */
+#define HUFF_BUF 8192
+
+struct huff_scratch {
+	/*
+	 * Loop state lives here, not on the stack: the verifier does not track
+	 * values in map memory, so a counter stepped by a bpf_loop callback does
+	 * not make every iteration a new state.
+	 */
+	__u64 acc;                       /* encoder: bits not yet written out */
+	__u32 pending;                   /* how many */
+	__u32 out_len;                   /* whole bytes written to out[] */
+	__u32 bits;                      /* encoded so far */
+	__u32 count;                     /* decoder: characters decoded */
+	__u64 bit;                       /* decoder: position in the write */
+	__u32 ended;                     /* decoder: the write ended inside the key */
+	__u32 value;                     /* encoder: 1 encodes the real value */
+	__u8 chars[KLOAK_KEY_LEN];
+	__u8 user[HUFF_BUF];
+	__u8 out[HUFF_BUF];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct huff_scratch);
+} huff_buf SEC(".maps");
+
+/*
+ * Memory-BIO runtimes (Node.js, Python asyncio) encrypt into a buffer and
+ * send it after the TLS call returns: the TLS object a thread last used
+ * without a known socket, until that thread's next TCP write.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} bio_pending SEC(".maps");
+
+/* A zeroed connection record: a struct this size on the stack would not fit the write path's frame. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kloak_conn);
+} conn_zero SEC(".maps");
 
 /* A zeroed restore list to create per-thread entries from. */
 struct {

@@ -26,9 +26,10 @@ struct write_ctx {
 	__u64 now;
 	__u32 hook;
 	__s32 fd;                        /* socket the object writes to, -1 unknown */
-	__u32 peer_state;                /* 0 not read, 1 known, 2 unknown */
+	__u32 peer_state;                /* 1 known, 2 unknown (read before any decision) */
 	__u32 next_free;                 /* candidates before this lie inside a match */
 	__u32 block;                     /* scan: offset of the block being searched */
+	__u64 tls_ptr;                   /* SSL* or *tls.Conn: the conns key */
 	struct peer peer;
 	struct kloak_conn *conn;
 	struct scan_scratch *scratch;
@@ -37,7 +38,6 @@ struct write_ctx {
 	struct kloak_secret *secret;
 	__u64 cmp_addr;
 	__u32 cmp_equal;
-	__u8 chunk[CMP_CHUNK];
 };
 
 static __always_inline struct write_ctx *ctx_of(void *data)
@@ -109,14 +109,32 @@ static long scan_step(__u64 index, void *data)
 	return 0;
 }
 
+/*
+ * The first n (1..64) bytes of a and b are equal. Word by word without
+ * branches: a branch per byte would make the verifier walk every outcome.
+ */
+static __always_inline bool words_equal(const __u8 *a, const __u8 *b, __u32 n)
+{
+	__u64 diff = 0;
+
+	for (__u32 w = 0; w < CMP_CHUNK / 8; w++) {
+		__u32 left = n > w * 8 ? n - w * 8 : 0;
+		__u64 mask = left >= 8 ? ~0ULL : (1ULL << ((left & 7) * 8)) - 1;
+
+		diff |= (*(const __u64 *)&a[w * 8] ^ *(const __u64 *)&b[w * 8]) & mask;
+	}
+	return diff == 0;
+}
+
 /* Compares one chunk of the user's buffer with the secret's placeholder. */
 static long cmp_step(__u64 index, void *data)
 {
 	struct write_ctx *c = ctx_of(data);
 	struct kloak_secret *secret = c->secret;
+	struct scan_scratch *s = c->scratch;
 	__u32 off = (__u32)index * CMP_CHUNK, n;
 
-	if (!secret || off >= secret->len || off >= KLOAK_MAX_SECRET)
+	if (!secret || !s || off >= secret->len || off >= KLOAK_MAX_SECRET)
 		return 1;
 	n = secret->len - off;
 	if (n > CMP_CHUNK)
@@ -125,17 +143,13 @@ static long cmp_step(__u64 index, void *data)
 	n &= CMP_CHUNK * 2 - 1;
 	if (n == 0 || n > CMP_CHUNK)
 		return 1;
-	if (bpf_probe_read_user(c->chunk, n, (void *)(c->cmp_addr + off))) {
+	if (bpf_probe_read_user(s->chunk, n, (void *)(c->cmp_addr + off))) {
 		c->cmp_equal = 0;
 		return 1;
 	}
-	for (__u32 j = 0; j < CMP_CHUNK; j++) {
-		if (j >= n)
-			break;
-		if (c->chunk[j] != secret->placeholder[(off + j) & (KLOAK_MAX_SECRET - 1)]) {
-			c->cmp_equal = 0;
-			return 1;
-		}
+	if (!words_equal(s->chunk, &secret->placeholder[off & (KLOAK_MAX_SECRET - CMP_CHUNK)], n)) {
+		c->cmp_equal = 0;
+		return 1;
 	}
 	return 0;
 }
@@ -151,19 +165,13 @@ static __always_inline bool placeholder_equal(struct write_ctx *c, struct kloak_
 }
 
 /*
- * The secret a placeholder at addr belongs to. Keys are its first 16 bytes,
- * zero padded when shorter, so a 12..16 byte prefix is tried from the longest;
- * the masks keep the construction branch-free for the verifier.
+ * The secret whose placeholder starts with the n bytes in raw. Keys are the
+ * first 16 bytes, zero padded when shorter, so a 12..16 byte prefix is tried
+ * from the longest; the masks keep the construction branch-free for the
+ * verifier.
  */
-static __always_inline struct kloak_secret *secret_at(__u64 addr, __u32 avail, struct kloak_secret_key *key)
+static __always_inline struct kloak_secret *secret_by_prefix(__u64 raw[2], __u32 n, struct kloak_secret_key *key)
 {
-	__u64 raw[2] = {};
-	__u32 n = avail < KLOAK_KEY_LEN ? avail : KLOAK_KEY_LEN;
-
-	barrier_var(n);
-	n &= KLOAK_KEY_LEN * 2 - 1;
-	if (n < KLOAK_MIN_SECRET || n > KLOAK_KEY_LEN || bpf_probe_read_user(raw, n, (void *)addr))
-		return NULL;
 	for (__u32 k = KLOAK_KEY_LEN; k >= KLOAK_MIN_SECRET; k--) {
 		struct kloak_secret *secret;
 		__u64 high_mask = k >= 16 ? ~0ULL : (1ULL << ((k - 8) * 8)) - 1;
@@ -177,6 +185,19 @@ static __always_inline struct kloak_secret *secret_at(__u64 addr, __u32 avail, s
 			return secret;
 	}
 	return NULL;
+}
+
+/* The secret of a plain-text placeholder at addr. */
+static __always_inline struct kloak_secret *secret_at(__u64 addr, __u32 avail, struct kloak_secret_key *key)
+{
+	__u64 raw[2] = {};
+	__u32 n = avail < KLOAK_KEY_LEN ? avail : KLOAK_KEY_LEN;
+
+	barrier_var(n);
+	n &= KLOAK_KEY_LEN * 2 - 1;
+	if (n < KLOAK_MIN_SECRET || n > KLOAK_KEY_LEN || bpf_probe_read_user(raw, n, (void *)addr))
+		return NULL;
+	return secret_by_prefix(raw, n, key);
 }
 
 static __always_inline void resolve_peer(struct write_ctx *c)
@@ -244,7 +265,6 @@ static __always_inline __u32 policy_check(struct write_ctx *c, struct kloak_secr
 		return KLOAK_REASON_NOT_BOUND;
 	if ((secret->flags & KLOAK_SECRET_ANY_HOST) && secret->port == 0)
 		return KLOAK_REASON_NONE;
-	resolve_peer(c);
 	if (c->peer_state != 1)
 		return KLOAK_REASON_UNVERIFIED_CONNECTION;
 	if (secret->port && secret->port != c->peer.port)
@@ -255,8 +275,9 @@ static __always_inline __u32 policy_check(struct write_ctx *c, struct kloak_secr
 	return h.allowed ? KLOAK_REASON_NONE : h.reason;
 }
 
+/* encoding is a constant at every call: a value carried in write_ctx would keep the verifier from pruning. */
 static __always_inline void tls_event(struct write_ctx *c, __u32 kind, __u32 reason,
-				      struct kloak_secret *secret, __u32 offset)
+				      struct kloak_secret *secret, __u32 offset, __u32 encoding)
 {
 	struct kloak_event *e = event_reserve(kind, c->hook);
 
@@ -266,6 +287,7 @@ static __always_inline void tls_event(struct write_ctx *c, __u32 kind, __u32 rea
 	e->reason = reason;
 	e->secret_id = secret ? secret->id : 0;
 	e->offset = offset;
+	e->encoding = encoding;
 	e->fd = c->fd;
 	if (c->peer_state == 1) {
 		e->addr = c->peer.addr;
@@ -275,10 +297,16 @@ static __always_inline void tls_event(struct write_ctx *c, __u32 kind, __u32 rea
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline void blocked(struct write_ctx *c, __u32 reason, struct kloak_secret *secret, __u32 offset)
+static __always_inline void blocked_as(struct write_ctx *c, __u32 reason, struct kloak_secret *secret,
+				       __u32 offset, __u32 encoding)
 {
 	count_blocked(reason);
-	tls_event(c, KLOAK_EVENT_TLS_BLOCKED, reason, secret, offset);
+	tls_event(c, KLOAK_EVENT_TLS_BLOCKED, reason, secret, offset, encoding);
+}
+
+static __always_inline void blocked(struct write_ctx *c, __u32 reason, struct kloak_secret *secret, __u32 offset)
+{
+	blocked_as(c, reason, secret, offset, KLOAK_ENC_PLAIN);
 }
 
 /* The per-writer restore list, created empty on first use. */
@@ -359,7 +387,7 @@ static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const
 		list->count = n + 1;
 	}
 	count(KLOAK_CTR_REWRITTEN);
-	tls_event(c, KLOAK_EVENT_TLS_REWRITTEN, KLOAK_REASON_NONE, secret, p);
+	tls_event(c, KLOAK_EVENT_TLS_REWRITTEN, KLOAK_REASON_NONE, secret, p, KLOAK_ENC_PLAIN);
 }
 
 #define DEFINE_CANDIDATE_STEP(name, can_write)                                   \
@@ -383,6 +411,8 @@ static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const
 DEFINE_CANDIDATE_STEP(candidate_step_rw, true)
 DEFINE_CANDIDATE_STEP(candidate_step_ro, false)
 
+#include "hpack.bpf.h"
+
 /* A TLS write from an enabled cgroup (c->cgroup_id set): everything up to the rewrite. */
 static __always_inline int on_tls_write(struct write_ctx *c, __u64 buf, __u64 len, const bool can_write)
 {
@@ -404,6 +434,8 @@ static __always_inline int on_tls_write(struct write_ctx *c, __u64 buf, __u64 le
 	c->now = bpf_ktime_get_boot_ns();
 	c->scratch = s;
 	s->count = 0;
+	s->huff_count = 0;
+	s->huff_next_free = 0;
 	n = c->len;
 	barrier_var(n);
 	n &= KLOAK_SCAN_MAX * 2 - 1;
@@ -411,12 +443,26 @@ static __always_inline int on_tls_write(struct write_ctx *c, __u64 buf, __u64 le
 		return 0;
 	count_n(KLOAK_CTR_BYTES_SCANNED, c->len);
 	bpf_loop((c->len + SCAN_BLOCK - 1) / SCAN_BLOCK, scan_step, c, 0);
-	if (s->count == 0)
+	h2_collect(c);
+	if (!s->count && !s->huff_count)
 		return 0;
-	if (can_write)
-		bpf_loop(KLOAK_MAX_MATCHES, candidate_step_rw, c, 0);
-	else
-		bpf_loop(KLOAK_MAX_MATCHES, candidate_step_ro, c, 0);
+	/*
+	 * The peer is read once, here: inside the candidate loops it would be
+	 * verified once per loop and per state, beyond the verifier's budget.
+	 */
+	resolve_peer(c);
+	if (s->count) {
+		if (can_write)
+			bpf_loop(KLOAK_MAX_MATCHES, candidate_step_rw, c, 0);
+		else
+			bpf_loop(KLOAK_MAX_MATCHES, candidate_step_ro, c, 0);
+	}
+	if (s->huff_count) {
+		if (can_write)
+			bpf_loop(KLOAK_MAX_MATCHES, huff_candidate_step_rw, c, 0);
+		else
+			bpf_loop(KLOAK_MAX_MATCHES, huff_candidate_step_ro, c, 0);
+	}
 	return 0;
 }
 
@@ -424,6 +470,20 @@ static __always_inline int on_tls_write(struct write_ctx *c, __u64 buf, __u64 le
 struct restore_loop {
 	struct kloak_restore *list;
 };
+
+static __always_inline void restore_failed(struct kloak_secret *secret)
+{
+	struct kloak_event *e;
+
+	count_blocked(KLOAK_REASON_RESTORE_FAILED);
+	e = event_reserve(KLOAK_EVENT_TLS_BLOCKED, 0);
+	if (!e)
+		return;
+	event_set_task(e, 0);
+	e->reason = KLOAK_REASON_RESTORE_FAILED;
+	e->secret_id = secret ? secret->id : 0;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
 
 static long restore_step(__u64 index, void *data)
 {
@@ -438,6 +498,14 @@ static long restore_step(__u64 index, void *data)
 		return 1;
 	entry = &list->entries[i];
 	secret = bpf_map_lookup_elem(&secrets, &entry->key);
+	if (secret && entry->encoding == KLOAK_ENC_HPACK_HUFFMAN) {
+		if (huff_restore(entry, secret)) {
+			count(KLOAK_CTR_RESTORED);
+			return 0;
+		}
+		restore_failed(secret);
+		return 0;
+	}
 	len = secret ? secret->len : 0;
 	barrier_var(len);
 	len &= KLOAK_MAX_SECRET * 2 - 1;
@@ -446,17 +514,7 @@ static long restore_step(__u64 index, void *data)
 		count(KLOAK_CTR_RESTORED);
 		return 0;
 	}
-	count_blocked(KLOAK_REASON_RESTORE_FAILED);
-	{
-		struct kloak_event *e = event_reserve(KLOAK_EVENT_TLS_BLOCKED, 0);
-
-		if (e) {
-			event_set_task(e, 0);
-			e->reason = KLOAK_REASON_RESTORE_FAILED;
-			e->secret_id = secret ? secret->id : 0;
-			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-		}
-	}
+	restore_failed(secret);
 	return 0;
 }
 

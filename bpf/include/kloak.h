@@ -55,6 +55,12 @@ enum kloak_reason {
 	KLOAK_REASON_MAX = 16,
 };
 
+/* How a placeholder was found in the write. */
+enum kloak_encoding {
+	KLOAK_ENC_PLAIN = 0,
+	KLOAK_ENC_HPACK_HUFFMAN = 1,     /* HTTP/2 header value, Huffman-coded at any bit offset */
+};
+
 /* Which hook saw the write. */
 enum kloak_hook {
 	KLOAK_HOOK_SSL_WRITE = 1,
@@ -98,6 +104,7 @@ enum kloak_secret_flags {
 enum kloak_conn_flags {
 	KLOAK_CONN_HAS_FD = 1,
 	KLOAK_CONN_HAS_SNI = 2,
+	KLOAK_CONN_HTTP2 = 4,            /* the client preface went out: frames are tracked */
 };
 
 /* Placeholder lookup key: its first 16 bytes, zero padded. */
@@ -185,6 +192,16 @@ struct kloak_conn {
 	__u32 flags;                     /* enum kloak_conn_flags */
 	__u32 sni_host_count;
 	__u32 sni_host_ids[KLOAK_MAX_HOSTS];
+	/*
+	 * HTTP/2 framing across writes: only header-bearing frames are searched
+	 * for Huffman-coded placeholders, and a frame (or its 9-byte header) may
+	 * continue in the next write.
+	 */
+	__u32 h2_frame_left;             /* payload bytes of the current frame still to come */
+	__u8 h2_frame_type;
+	__u8 h2_head_len;                /* bytes of a split frame header held below */
+	__u8 h2_head[32];                /* 9 used; sized so one bounded read can append */
+	__u8 pad[2];
 };
 
 /* A thread is inside the TLS library with this object (handshake or write). */
@@ -220,6 +237,8 @@ struct kloak_restore_key {
 struct kloak_restore_entry {
 	__u64 addr;
 	struct kloak_secret_key key;
+	__u32 encoding;                  /* enum kloak_encoding */
+	__u32 shift;                     /* Huffman: bits of the first byte before the placeholder */
 };
 
 struct kloak_restore {
@@ -244,7 +263,7 @@ struct kloak_event {
 	__s32 fd;
 	__u16 port;
 	__u16 family;                    /* AF_INET / AF_INET6, 0 when unknown */
-	__u32 pad;
+	__u32 encoding;                  /* enum kloak_encoding */
 	struct kloak_addr addr;
 	char comm[16];
 };

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::skel::types::{kloak_event, kloak_event_kind, kloak_hook, kloak_reason};
+use super::skel::types::{kloak_encoding, kloak_event, kloak_event_kind, kloak_hook, kloak_reason};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -152,6 +152,26 @@ impl Hook {
     }
 }
 
+/// How the placeholder appeared in the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    Plain,
+    /// An HTTP/2 header value, HPACK Huffman-coded (at any bit offset).
+    HpackHuffman,
+    Unknown,
+}
+
+impl Encoding {
+    fn from_raw(raw: u32) -> Self {
+        match kloak_encoding(raw) {
+            kloak_encoding::KLOAK_ENC_PLAIN => Self::Plain,
+            kloak_encoding::KLOAK_ENC_HPACK_HUFFMAN => Self::HpackHuffman,
+            _ => Self::Unknown,
+        }
+    }
+}
+
 /// One decision of the data plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
@@ -165,6 +185,7 @@ pub struct Event {
     pub cgroup_id: u64,
     pub secret_id: u32,
     pub offset: u32,
+    pub encoding: Encoding,
     pub fd: i32,
     pub peer: Option<IpAddr>,
     pub port: u16,
@@ -206,6 +227,7 @@ impl Event {
             cgroup_id: raw.cgroup_id,
             secret_id: raw.secret_id,
             offset: raw.offset,
+            encoding: Encoding::from_raw(raw.encoding),
             fd: raw.fd,
             peer: (raw.family != 0 || raw.addr.bytes != [0; 16]).then(|| ip_of(&raw.addr.bytes)),
             port: raw.port,

@@ -622,7 +622,8 @@ impl Loaded<'_> {
                     attached += self.uprobe(write_ex, path, id, ex.file_offset, false, 0)?;
                     attached += self.uprobe(ret, path, id, ex.file_offset, true, 0)?;
                 }
-                for symbol in [&ssl.do_handshake, &ssl.connect].into_iter().flatten() {
+                let handshake_drivers = [&ssl.do_handshake, &ssl.connect, &ssl.read, &ssl.read_ex];
+                for symbol in handshake_drivers.into_iter().flatten() {
                     attached += self.uprobe(
                         "handle_ssl_handshake",
                         path,

@@ -76,6 +76,7 @@ impl Names {
         if matches!(event.kind, EventKind::Rewritten | EventKind::Blocked) {
             value["secret"] = json!(self.secret(event.secret_id));
             value["offset"] = json!(event.offset);
+            value["encoding"] = json!(event.encoding);
         }
         if event.reason != Reason::None {
             value["detail"] = json!(self.detail(event));
@@ -122,7 +123,7 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::events::Hook;
+    use crate::dataplane::events::{Encoding, Hook};
 
     fn event(kind: EventKind, reason: Reason) -> Event {
         Event {
@@ -136,6 +137,7 @@ mod tests {
             cgroup_id: 5,
             secret_id: 1,
             offset: 3,
+            encoding: Encoding::Plain,
             fd: 4,
             peer: Some("127.0.0.1".parse().expect("ip")),
             port: 8443,

@@ -23,10 +23,10 @@ wait_ready() {
   return 1
 }
 
-start_tls_server() { # ADDR RECORD_FILE
+start_tls_server() { # ADDR RECORD_FILE [--h2]
   : > "$2"
   python3 "$FIXTURES/tls_server.py" --listen "$1" --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
-    --record "$2" > "$2.log" 2>&1 &
+    --record "$2" "${@:3}" > "$2.log" 2>&1 &
   PIDS+=($!)
   wait_ready "$2.log"
 }

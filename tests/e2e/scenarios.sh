@@ -270,6 +270,51 @@ else
   fail outsider "the workload never handed out its placeholder"
 fi
 
+# 13: HTTP/2. Header values go out HPACK Huffman-coded, the placeholder at any bit
+# offset: it must be rewritten bit for bit. curl sends Authorization never-indexed
+# (Huffman every time) and x-api-key indexed: the second request on the connection
+# names the server's table entry, which holds what the first request delivered.
+start_tls_server 127.0.0.1:8444 "$WORK/h2a.rec" --h2 || exit 1
+start_tls_server 127.0.0.2:8444 "$WORK/h2b.rec" --h2 || exit 1
+# h2_requests FILE: one line per request: "alpn huffman-coded-header-names | decoded request"
+h2_requests() { python3 -c '
+import base64, json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    text = base64.b64decode(r["text_b64"]).decode("latin-1").replace("\r\n", " ")
+    print(r.get("alpn"), ",".join(r.get("h2_huffman", [])), "|", text)' "$1"; }
+: > "$WORK/h2a.rec"; : > "$WORK/h2b.rec"
+RESOLVER=127.0.0.53 kloak_run h2 --secret "API_KEY=@$WORK/api_key" \
+  --allow-host allowed.kloak.test --port 8444 --dns-server 127.0.0.53 -- \
+  sh -c "curl -sS -m 20 --http2 -H \"$AUTH\" -H 'x-api-key: \$API_KEY' https://allowed.kloak.test:8444/first \
+    https://allowed.kloak.test:8444/second --next -sS -m 20 --http2 -H \"$AUTH\" https://127.0.0.2:8444/other"
+first=$(h2_requests "$WORK/h2a.rec" | grep '/first ')
+second=$(h2_requests "$WORK/h2a.rec" | grep '/second ')
+grep -q '^h2 .*authorization.*x-api-key' <<<"$first" && pass "h2: HTTP/2, both headers Huffman-coded in the first request" \
+  || fail h2 "first request not h2 with Huffman-coded headers: $(head -c 300 <<<"$first")"
+grep -q '^h2 .*authorization' <<<"$second" && ! grep -q '^h2 [^|]*x-api-key' <<<"$second" \
+  && pass "h2: second request re-sends authorization coded, x-api-key as an HPACK index" \
+  || fail h2 "second request not coded as expected: $(head -c 300 <<<"$second")"
+if [ "$EXPECT" = rewrite ]; then
+  for req in "$first" "$second"; do
+    [ "$(grep -oF "$SECRET" <<<"$req" | wc -l)" -eq 2 ] && ! grep -q 'kloak:' <<<"$req" \
+      && pass "h2: server decoded the real value in both headers ($(grep -o '/first\|/second' <<<"$req" | head -1))" \
+      || fail h2 "server did not decode the real value: $(head -c 400 <<<"$req")"
+  done
+  [ "$(grep -c '"event":"rewritten".*"encoding":"hpack_huffman"\|"encoding":"hpack_huffman".*"event":"rewritten"' "$WORK/h2.events")" -ge 3 ] \
+    && pass "h2: Huffman-coded placeholders rewritten (events)" || fail h2 "expected 3 hpack_huffman rewrites: $(grep -c hpack_huffman "$WORK/h2.events")"
+else
+  grep -q 'kloak:' <<<"$first" && ! grep -qF "$SECRET" <<<"$first" && pass "h2: placeholder only (observe)" \
+    || fail h2 "expected the placeholder: $(head -c 300 <<<"$first")"
+  grep -q '"reason":"rewrite_unavailable".*"encoding":"hpack_huffman"\|"encoding":"hpack_huffman".*"reason":"rewrite_unavailable"' "$WORK/h2.events" \
+    && pass "h2: Huffman-coded placeholder found, rewrite_unavailable" || fail h2 "no hpack_huffman rewrite_unavailable event"
+fi
+other=$(h2_requests "$WORK/h2b.rec")
+grep -q 'kloak:' <<<"$other" && ! grep -qF "$SECRET" <<<"$other" && pass "h2: another host gets the placeholder" \
+  || fail h2 "other host: $(head -c 300 <<<"$other")"
+grep -q '"reason":"host_not_allowed".*"encoding":"hpack_huffman"\|"encoding":"hpack_huffman".*"reason":"host_not_allowed"' "$WORK/h2.events" \
+  && pass "h2: event host_not_allowed for the Huffman-coded placeholder" || fail h2 "no hpack_huffman host_not_allowed event"
+
 # 12: S1, the real value never appears in any log line (trace level), event or output.
 if grep -rlF "$SECRET" "$WORK"/*.log "$WORK"/*.out "$WORK"/*.events 2>/dev/null; then
   fail no-leak "the real value appears in the files above"

@@ -163,6 +163,8 @@ const SSL_WRITE: &str = "SSL_write";
 const SSL_WRITE_EX: &str = "SSL_write_ex";
 const SSL_DO_HANDSHAKE: &str = "SSL_do_handshake";
 const SSL_CONNECT: &str = "SSL_connect";
+const SSL_READ: &str = "SSL_read";
+const SSL_READ_EX: &str = "SSL_read_ex";
 const SSL_SET_FD: &str = "SSL_set_fd";
 const SSL_SET_WFD: &str = "SSL_set_wfd";
 const SSL_SET_BIO: &str = "SSL_set_bio";
@@ -179,6 +181,8 @@ pub(super) fn inspect_openssl(file: &ElfImage<'_>) -> Result<Option<OpenSslTarge
         SSL_WRITE_EX,
         SSL_DO_HANDSHAKE,
         SSL_CONNECT,
+        SSL_READ,
+        SSL_READ_EX,
         SSL_SET_FD,
         SSL_SET_WFD,
         SSL_SET_BIO,
@@ -214,6 +218,8 @@ pub(super) fn inspect_openssl(file: &ElfImage<'_>) -> Result<Option<OpenSslTarge
         ssl_write_ex: function(SSL_WRITE_EX)?,
         do_handshake: function(SSL_DO_HANDSHAKE)?,
         connect: function(SSL_CONNECT)?,
+        read: function(SSL_READ)?,
+        read_ex: function(SSL_READ_EX)?,
         set_fd: function(SSL_SET_FD)?,
         set_wfd: function(SSL_SET_WFD)?,
         set_bio: function(SSL_SET_BIO)?,
@@ -274,6 +280,8 @@ mod tests {
         for (name, sym) in [
             ("SSL_do_handshake", t.do_handshake),
             ("SSL_connect", t.connect),
+            ("SSL_read", t.read),
+            ("SSL_read_ex", t.read_ex),
             ("SSL_set_fd", t.set_fd),
             ("SSL_set_wfd", t.set_wfd),
             ("SSL_set_bio", t.set_bio),

@@ -49,6 +49,11 @@ pub struct OpenSslTarget {
     pub ssl_write_ex: Option<Symbol>,
     pub do_handshake: Option<Symbol>,
     pub connect: Option<Symbol>,
+    /// `SSL_read` and `SSL_read_ex` may drive the handshake too (Node.js
+    /// starts it with `SSL_read`); with a memory BIO their output leaves
+    /// after they return, which is how such objects find their socket.
+    pub read: Option<Symbol>,
+    pub read_ex: Option<Symbol>,
     pub set_fd: Option<Symbol>,
     pub set_wfd: Option<Symbol>,
     pub set_bio: Option<Symbol>,
