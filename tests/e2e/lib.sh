@@ -23,13 +23,12 @@ wait_ready() {
   return 1
 }
 
-start_tls_server() { # ADDR RECORD_FILE [tls_server.py ARGS...]
-  local addr=$1 record=$2; shift 2
-  : > "$record"
-  python3 "$FIXTURES/tls_server.py" --listen "$addr" --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
-    --record "$record" "$@" > "$record.log" 2>&1 &
+start_tls_server() { # ADDR RECORD_FILE [--h2]
+  : > "$2"
+  python3 "$FIXTURES/tls_server.py" --listen "$1" --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
+    --record "$2" "${@:3}" > "$2.log" 2>&1 &
   PIDS+=($!)
-  wait_ready "$record.log"
+  wait_ready "$2.log"
 }
 
 start_dns_server() { # ADDR LOG RECORD...
