@@ -117,14 +117,22 @@ static __always_inline int go_conn_fd(struct pt_regs *ctx, __u64 conn)
 		__u64 itab;
 		__u64 data;
 	} iface;
-	__u64 bias, netfd;
+	__u64 bias, close, write, netfd;
 	__s64 sysfd;
 
-	if (!target || !target->go_tcpconn_itab || !conn)
+	if (!target || !target->go_tcpconn_close || !target->go_tcpconn_write || !conn)
 		return -1;
 	bias = PT_REGS_IP(ctx) - target->func_vaddr;
-	if (bpf_probe_read_user(&iface, sizeof(iface), (void *)conn) ||
-	    iface.itab != target->go_tcpconn_itab + bias || !iface.data)
+	/*
+	 * S2: only a net.Conn holding a *net.TCPConn leads to a socket fd. Its
+	 * itab (inter, _type, hash + pad, then the methods sorted by name from
+	 * offset 24) lists net.(*TCPConn).Close first and .Write eighth; both are
+	 * in the function table of every build, unlike the itab's own symbol.
+	 */
+	if (bpf_probe_read_user(&iface, sizeof(iface), (void *)conn) || !iface.itab || !iface.data ||
+	    bpf_probe_read_user(&close, sizeof(close), (void *)(iface.itab + 24)) ||
+	    bpf_probe_read_user(&write, sizeof(write), (void *)(iface.itab + 24 + 7 * 8)) ||
+	    close != target->go_tcpconn_close + bias || write != target->go_tcpconn_write + bias)
 		return -1;
 	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)iface.data) || !netfd ||
 	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + target->go_fd_offset)))

@@ -2,8 +2,10 @@
 # Every test tier, as CI runs them:
 #   1. unit (cargo test), and the Helm chart rendered for several value sets
 #      and validated against the Kubernetes schemas (scripts/chart/check.sh)
-#   2. host BPF: the end-to-end scenarios on this machine's kernel (rewrites
-#      where the kernel allows them, observe mode and its reasons where not)
+#   2. host BPF: the end-to-end scenarios (tests/e2e/scenarios.sh, and
+#      tests/e2e/go_matrix.sh for Go builds of every kind) on this machine's
+#      kernel (rewrites where the kernel allows them, observe mode and its
+#      reasons where not)
 #   3. VM: the same scenarios inside Debian's 6.1 and 6.12 kernels under qemu,
 #      where rewrites must happen
 # Needs root. Tiers: KLOAK_TIERS="unit chart host vm" (default all).
@@ -18,6 +20,9 @@ kernels=${KLOAK_VM_KERNELS:-bookworm trixie}
 scripts/install-deps.sh
 cargo build --locked || exit 1
 scripts/build-test-clients.sh || exit 1
+# The Go toolchains the target tests build the Go client with (see src/dataplane/targets/go.rs).
+KLOAK_GO_TOOLCHAINS=$(cat target/e2e/go/toolchains) || exit 1
+export KLOAK_GO_TOOLCHAINS
 
 status=0
 if [[ " $tiers " == *" unit "* ]]; then
@@ -30,17 +35,19 @@ fi
 
 passed=0
 failed=0
-count() { # LOG LABEL: adds the LOG's "N passed, N failed" line to the totals
-  local line
-  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1)
-  if [ -z "$line" ]; then
-    echo "$2: no result line (the tier did not run to the end)"
+count() { # LOG LABEL [FILES]: adds each of the LOG's FILES (default 1) "N passed, N failed" lines to the totals
+  local lines want=${3:-1} line
+  lines=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1")
+  if [ "$(grep -c . <<<"$lines")" -ne "$want" ]; then
+    echo "$2: $(grep -c . <<<"$lines") of $want result lines (a scenario file did not run to the end)"
     failed=$((failed + 1))
-    return
   fi
-  echo "$2: $line"
-  passed=$((passed + $(cut -d' ' -f1 <<<"$line")))
-  failed=$((failed + $(cut -d' ' -f3 <<<"$line")))
+  while IFS= read -r line; do
+    [ -n "$line" ] || continue
+    echo "$2: $line"
+    passed=$((passed + $(cut -d' ' -f1 <<<"$line")))
+    failed=$((failed + $(cut -d' ' -f3 <<<"$line")))
+  done <<<"$lines"
 }
 
 logs=$root/target/test-logs
@@ -57,6 +64,8 @@ if [[ " $tiers " == *" host "* ]]; then
   cargo test --locked --test pins --test binding -- --ignored 2>&1 | tee "$logs/host-integration.log" || status=1
   E2E_WORK=$logs/host tests/e2e/scenarios.sh --expect "$expect" 2>&1 | tee "$logs/host.log"
   count "$logs/host.log" "host $(uname -r)"
+  E2E_WORK=$logs/host-go tests/e2e/go_matrix.sh --expect "$expect" 2>&1 | tee "$logs/host-go.log"
+  count "$logs/host-go.log" "host $(uname -r) go matrix"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
@@ -67,13 +76,15 @@ if [[ " $tiers " == *" vm "* ]]; then
     rm -rf "$vm_root" && mkdir -p "$vm_root/target/debug" "$vm_root/target/e2e"
     cp -r tests scripts "$vm_root/"
     cp target/debug/kloak "$vm_root/target/debug/"
-    cp -r target/e2e/goclient target/e2e/certs "$vm_root/target/e2e/"
+    cp -r target/e2e/goclient target/e2e/go target/e2e/certs "$vm_root/target/e2e/"
   fi
   for kernel in $kernels; do
     echo "== tier 3: VM, Debian $kernel kernel"
-    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 1800 -- \
-      sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel.log"
-    count "$logs/vm-$kernel.log" "vm $kernel"
+    # One boot for both scenario files; each ends with its own result line.
+    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 2400 -- \
+      sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
+             E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel.log"
+    count "$logs/vm-$kernel.log" "vm $kernel" 2
   done
 fi
 [ "$failed" -eq 0 ] || status=1

@@ -62,14 +62,9 @@ case $timeout_s in ''|*[!0-9]*) die "--timeout must be a number of seconds" ;; e
 cache=${cache:-${KLOAK_CACHE:-/var/cache/kloak-ci}/kernels/$suite}
 
 # ---------------------------------------------------------------------------------------------------------
-# Host tools. Installed on demand so a fresh Debian/Ubuntu machine works; `apt-get update` only when the
-# plain install fails (stale or missing lists), because update is slow and touches the network.
-apt_install() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 && return 0
-  echo "vm: apt-get install $* failed, refreshing package lists" >&2
-  apt-get update -q >/dev/null 2>&1 || true
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
-}
+# Host tools. Installed on demand so a fresh Debian/Ubuntu machine works.
+# shellcheck source=scripts/lib/apt.sh
+. "$(dirname "$0")/lib/apt.sh"
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 # The initramfs has no libc, so the busybox must be the static build, not Debian's dynamic `busybox`.
@@ -104,22 +99,8 @@ kernel_pkg_candidates() { # prints the unsigned package name, then the signed on
 fetch_kernel() {
   local work=$1 pkgs pkg
   if [ "$suite" = trixie ]; then
-    # A private apt configuration (own sources list, lists and archive cache inside the kernel cache) so
-    # the host's apt state is not changed. The trixie Release file is also signed with the bookworm
-    # archive key, so the host's keyring verifies it; no [trusted=yes].
-    local a=$cache/.apt uri
-    mkdir -p "$a/lists/partial" "$a/archives/partial"
-    uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $2 !~ /^\[/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    [ -n "$uri" ] || uri=http://deb.debian.org/debian
-    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    [ -f "$keyring" ] || apt_install debian-archive-keyring
-    echo "deb [arch=amd64 signed-by=$keyring] $uri trixie main" > "$a/sources.list"
-    apt_opts=(-o "Dir::Etc::SourceList=$a/sources.list" -o Dir::Etc::SourceParts=/dev/null
-              -o "Dir::State::Lists=$a/lists" -o "Dir::Cache=$a" -o Dir::Cache::pkgcache=
-              -o Dir::Cache::srcpkgcache= -o Dir::Etc::PreferencesParts=/dev/null)
-    echo "vm: fetching trixie package lists" >&2
-    apt-get "${apt_opts[@]}" update -q >/dev/null || { echo "vm: trixie apt-get update failed" >&2; return 1; }
+    # A private apt state inside the kernel cache, so the host's apt state is not changed.
+    suite_apt "$cache/.apt" trixie || return 1
   fi
   if ! pkgs=$(kernel_pkg_candidates); then
     [ "$suite" = bookworm ] || return 1
@@ -128,7 +109,7 @@ fetch_kernel() {
   fi
   for pkg in $pkgs; do
     echo "vm: downloading $pkg ($suite)" >&2
-    (cd "$work" && apt-get "${apt_opts[@]}" -o APT::Sandbox::User=root -q download "$pkg" >/dev/null 2>&1) && break
+    suite_download "$work" "$pkg" 2>/dev/null && break
   done
   compgen -G "$work/*.deb" >/dev/null || { echo "vm: download of $pkgs failed" >&2; return 1; }
   dpkg-deb -x "$work"/*.deb "$work/x"

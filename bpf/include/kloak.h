@@ -221,7 +221,8 @@ struct kloak_file_key {
 /* Per hooked binary, found by the uprobe's attach cookie. */
 struct kloak_target {
 	__u64 func_vaddr;                /* where the probed function is linked */
-	__u64 go_tcpconn_itab;           /* link-time address of go:itab.*net.TCPConn,net.Conn */
+	__u64 go_tcpconn_close;          /* link-time net.(*TCPConn).Close: net.Conn itab fun[0] */
+	__u64 go_tcpconn_write;          /* link-time net.(*TCPConn).Write: net.Conn itab fun[7] */
 	__u32 go_fd_offset;              /* poll.FD.Sysfd inside net.netFD */
 	__u32 pad;
 };

@@ -655,7 +655,8 @@ impl Loaded<'_> {
                 self.next_target += 1;
                 let record = kloak_target {
                     func_vaddr: go.write.vaddr,
-                    go_tcpconn_itab: go.tcpconn_itab_vaddr.unwrap_or(0),
+                    go_tcpconn_close: go.tcpconn_close_vaddr,
+                    go_tcpconn_write: go.tcpconn_write_vaddr,
                     go_fd_offset: GO_NETFD_SYSFD_OFFSET,
                     ..Default::default()
                 };

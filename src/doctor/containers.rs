@@ -47,8 +47,8 @@ pub fn target_check(path: &Path, result: Result<Option<TlsTarget>, TargetError>)
         Err(err) if err.is_unsupported() => Some(Check::warn(
             name,
             format!("not hookable: {err}"),
-            "rebuild without stripping symbols (no -ldflags=-s, no strip) on x86-64; its \
-             placeholders go out unchanged",
+            "kloak hooks OpenSSL and x86-64 Go 1.18+ executables whose crypto/tls runs over \
+             net.TCPConn; this file's placeholders go out unchanged",
         )),
         Err(err) => Some(Check::warn(
             name,
@@ -169,15 +169,16 @@ mod tests {
     }
 
     #[test]
-    fn stripped_go_binary_warns_with_the_reason() {
+    fn unhookable_go_binary_warns_with_the_reason() {
         let path = PathBuf::from("/app/server");
-        let err = TargetError::GoStripped {
+        let err = TargetError::GoNoTcpConn {
             path: path.clone(),
             go_version: Some("go1.22.1".into()),
+            function: "net.(*TCPConn).Close",
         };
         let check = target_check(&path, Err(err)).expect("a line");
         assert_eq!(check.verdict, Verdict::Warn);
-        assert!(check.detail.contains("no symbol table"));
+        assert!(check.detail.contains("no net.(*TCPConn).Close"));
         assert!(check.remedy.is_some());
         assert!(target_check(&path, Ok(None)).is_none());
     }

@@ -1,4 +1,4 @@
-# Helpers for end-to-end scenarios; sourced by scenarios.sh.
+# Helpers for end-to-end scenarios; sourced by scenarios.sh and go_matrix.sh.
 # Every wait is bounded; every scenario prints PASS/FAIL lines.
 
 PASSED=0
@@ -47,14 +47,15 @@ for line in open(sys.argv[1]):
 
 # kloak_run NAME [kloak args...] -- CMD: runs kloak with trace logs and a JSON
 # events file, in a private mount namespace whose /etc/resolv.conf names only
-# $RESOLVER (so clients resolve through the test DNS server).
+# $RESOLVER (so clients resolve through the test DNS server), for at most $KLOAK_RUN_TIMEOUT seconds
+# (default 120).
 kloak_run() {
   local name=$1; shift
   local conf=$WORK/resolv.$RESOLVER.conf
   printf 'nameserver %s\noptions attempts:1 timeout:2\n' "$RESOLVER" > "$conf"
   local start=$SECONDS
   KLOAK_LOG=trace unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$conf" \
-    timeout 120 "$KLOAK" run --events "$WORK/$name.events" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log"
+    timeout "${KLOAK_RUN_TIMEOUT:-120}" "$KLOAK" run --events "$WORK/$name.events" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log"
   echo "ran $name in $((SECONDS - start))s"
 }
 

@@ -70,10 +70,6 @@ impl<'data> ElfImage<'data> {
         self.elf.endian() == Endianness::Big
     }
 
-    pub fn has_symtab(&self) -> bool {
-        !self.elf.elf_symbol_table().is_empty()
-    }
-
     pub fn section_data(&self, name: &str) -> Option<&'data [u8]> {
         self.elf.section_by_name(name)?.data().ok()
     }
@@ -141,20 +137,20 @@ impl<'data> ElfImage<'data> {
         found
     }
 
-    /// Resolves the file offset of a function found by [`Self::lookup`].
-    pub fn locate(&self, name: &str, raw: RawSymbol) -> Result<Symbol, TargetError> {
+    /// Resolves the file offset of the function `name` at `[vaddr, vaddr + size)`.
+    pub fn locate(&self, name: &str, vaddr: u64, size: u64) -> Result<Symbol, TargetError> {
         let file_offset =
-            self.vaddr_to_offset(raw.vaddr, raw.size)
+            self.vaddr_to_offset(vaddr, size)
                 .ok_or_else(|| TargetError::NotInFile {
                     path: self.path.to_path_buf(),
                     symbol: name.to_string(),
-                    vaddr: raw.vaddr,
-                    size: raw.size,
+                    vaddr,
+                    size,
                 })?;
         Ok(Symbol {
-            vaddr: raw.vaddr,
+            vaddr,
             file_offset,
-            size: raw.size,
+            size,
         })
     }
 }
@@ -194,7 +190,7 @@ pub(super) fn inspect_openssl(file: &ElfImage<'_>) -> Result<Option<OpenSslTarge
 
     let function = |name: &str| -> Result<Option<Symbol>, TargetError> {
         match found.get(name) {
-            Some(raw) if raw.is_function() => file.locate(name, *raw).map(Some),
+            Some(raw) if raw.is_function() => file.locate(name, raw.vaddr, raw.size).map(Some),
             _ => Ok(None),
         }
     };

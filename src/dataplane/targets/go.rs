@@ -4,14 +4,24 @@ use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::elf::EM_X86_64;
 
 use super::elf::ElfImage;
-use super::{GoTarget, TargetError};
+use super::gopclntab::Pclntab;
+use super::{GoTarget, Symbol, TargetError};
 
 const TLS_CONN_WRITE: &str = "crypto/tls.(*Conn).Write";
-// Go 1.20 renamed the linker's "go." symbol prefix to "go:"; accept both.
-const TCPCONN_ITABS: &[&str] = &[
-    "go:itab.*net.TCPConn,net.Conn",
-    "go.itab.*net.TCPConn,net.Conn",
-];
+/// The first and the last method of a `*net.TCPConn` in a `net.Conn` itab.
+/// An itab holds its interface's methods sorted by name (Close, LocalAddr,
+/// Read, RemoteAddr, SetDeadline, SetReadDeadline, SetWriteDeadline, Write)
+/// from offset 24 (after inter, _type, hash and padding), the same in Go 1.19
+/// to 1.24. Read from `go.itab.*net.TCPConn,net.Conn` (Go 1.19) and
+/// `go:itab.*net.TCPConn,net.Conn` (Go 1.24) in default and PIE builds:
+/// fun[0] is `net.(*TCPConn).Close` and fun[7] `net.(*TCPConn).Write`, the
+/// promoted-method wrappers of the embedded `net.conn`; methods the linker
+/// found unused (LocalAddr and SetReadDeadline in the test client) point at
+/// `runtime.unreachableMethod`, so only these two, which crypto/tls always
+/// calls through `net.Conn`, identify the type. The test
+/// `itab_methods_match_the_function_table` checks this on every build.
+const TCPCONN_CLOSE: &str = "net.(*TCPConn).Close";
+const TCPCONN_WRITE: &str = "net.(*TCPConn).Write";
 const BUILD_VERSION: &str = "runtime.buildVersion";
 const BUILDINFO_SECTION: &str = ".go.buildinfo";
 const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
@@ -23,18 +33,18 @@ pub(super) fn is_go(file: &ElfImage<'_>) -> bool {
     file.section_data(BUILDINFO_SECTION).is_some() || !file.lookup(&[BUILD_VERSION]).is_empty()
 }
 
+/// Functions are found in Go's own function table rather than `.symtab`, so
+/// stripped binaries take the same path as the others. Anything missing
+/// refuses the file: a weaker connection check is never an option (S2).
 pub(super) fn inspect(file: &ElfImage<'_>) -> Result<Option<GoTarget>, TargetError> {
     let go_version = go_version(file);
-    if !file.has_symtab() {
-        return Err(TargetError::GoStripped {
-            path: file.path.to_path_buf(),
-            go_version,
-        });
-    }
-    let mut names = vec![TLS_CONN_WRITE];
-    names.extend_from_slice(TCPCONN_ITABS);
-    let found = file.lookup(&names);
-    let Some(raw) = found.get(TLS_CONN_WRITE).filter(|raw| raw.is_function()) else {
+    let table = Pclntab::find(file).map_err(|source| TargetError::GoPclntab {
+        path: file.path.to_path_buf(),
+        go_version: go_version.clone(),
+        source,
+    })?;
+    let found = table.lookup(&[TLS_CONN_WRITE, TCPCONN_CLOSE, TCPCONN_WRITE]);
+    let Some(func) = found.get(TLS_CONN_WRITE) else {
         tracing::debug!(path = %file.path.display(), "Go binary without crypto/tls");
         return Ok(None);
     };
@@ -45,7 +55,34 @@ pub(super) fn inspect(file: &ElfImage<'_>) -> Result<Option<GoTarget>, TargetErr
             machine,
         });
     }
-    let write = file.locate(TLS_CONN_WRITE, *raw)?;
+    let tcpconn = |name: &'static str| {
+        found
+            .get(name)
+            .map(|func| func.vaddr)
+            .ok_or_else(|| TargetError::GoNoTcpConn {
+                path: file.path.to_path_buf(),
+                go_version: go_version.clone(),
+                function: name,
+            })
+    };
+    let tcpconn_close_vaddr = tcpconn(TCPCONN_CLOSE)?;
+    let tcpconn_write_vaddr = tcpconn(TCPCONN_WRITE)?;
+    let write = file.locate(TLS_CONN_WRITE, func.vaddr, func.size)?;
+    let ret_offsets = ret_offsets(file, &write)?;
+    let target = GoTarget {
+        write,
+        ret_offsets,
+        tcpconn_close_vaddr,
+        tcpconn_write_vaddr,
+        go_version,
+        is_pie: file.is_pie(),
+    };
+    tracing::debug!(path = %file.path.display(), table = ?table.version(), ?target, "Go TLS client");
+    Ok(Some(target))
+}
+
+/// File offsets of the RET instructions of `write`.
+fn ret_offsets(file: &ElfImage<'_>, write: &Symbol) -> Result<Vec<u64>, TargetError> {
     let code = file
         .read_vaddr(write.vaddr, write.size)
         .ok_or_else(|| TargetError::NotInFile {
@@ -54,7 +91,7 @@ pub(super) fn inspect(file: &ElfImage<'_>) -> Result<Option<GoTarget>, TargetErr
             vaddr: write.vaddr,
             size: write.size,
         })?;
-    let ret_offsets = ret_vaddrs(code, write.vaddr)
+    let offsets = ret_vaddrs(code, write.vaddr)
         .map_err(|vaddr| TargetError::GoDecode {
             path: file.path.to_path_buf(),
             vaddr,
@@ -62,25 +99,13 @@ pub(super) fn inspect(file: &ElfImage<'_>) -> Result<Option<GoTarget>, TargetErr
         .into_iter()
         .map(|vaddr| vaddr - write.vaddr + write.file_offset)
         .collect::<Vec<_>>();
-    if ret_offsets.is_empty() {
+    if offsets.is_empty() {
         return Err(TargetError::GoNoRet {
             path: file.path.to_path_buf(),
             vaddr: write.vaddr,
         });
     }
-    let tcpconn_itab_vaddr = TCPCONN_ITABS
-        .iter()
-        .find_map(|name| found.get(name))
-        .map(|raw| raw.vaddr);
-    let target = GoTarget {
-        write,
-        ret_offsets,
-        tcpconn_itab_vaddr,
-        go_version,
-        is_pie: file.is_pie(),
-    };
-    tracing::debug!(path = %file.path.display(), ?target, "Go TLS client");
-    Ok(Some(target))
+    Ok(offsets)
 }
 
 /// Addresses of the near RET instructions (`C3`, `C2 iw`) in `code`, which
@@ -161,7 +186,7 @@ fn read_go_string(
     utf8(file.read_vaddr(ptr, len)?)
 }
 
-fn read_word(bytes: &[u8], ptr_size: u8, big_endian: bool) -> Option<u64> {
+pub(super) fn read_word(bytes: &[u8], ptr_size: u8, big_endian: bool) -> Option<u64> {
     match ptr_size {
         4 => {
             let b: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
@@ -203,6 +228,7 @@ fn utf8(bytes: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gopclntab::PclntabVersion;
     use super::super::{inspect as inspect_path, TlsTarget};
     use super::*;
     use std::path::{Path, PathBuf};
@@ -237,118 +263,237 @@ mod tests {
         assert_eq!(read_word(&[0, 0], 8, false), None);
     }
 
-    struct GoFixtures {
-        plain: PathBuf,
-        pie: PathBuf,
-        stripped: PathBuf,
+    /// One build of tests/e2e/goclient.
+    struct GoBuild {
+        go_version: String,
+        pie: bool,
+        stripped: bool,
+        path: PathBuf,
     }
 
-    /// Builds tests/e2e/goclient once per test run, under the cargo
-    /// target directory (next to the test executable), in three variants.
-    /// `None` when no Go toolchain is installed.
-    fn go_fixtures() -> Option<&'static GoFixtures> {
-        static FIXTURES: OnceLock<Option<GoFixtures>> = OnceLock::new();
-        FIXTURES
+    impl GoBuild {
+        fn target(&self) -> GoTarget {
+            match inspect_path(&self.path) {
+                Ok(Some(TlsTarget::Go(t))) => t,
+                other => panic!(
+                    "{}: expected a Go target, got {other:?}",
+                    self.path.display()
+                ),
+            }
+        }
+    }
+
+    const TOOLCHAINS_HELP: &str = "KLOAK_GO_TOOLCHAINS must name the GOROOTs to build the Go \
+        test client with, colon-separated: export KLOAK_GO_TOOLCHAINS=$(scripts/go-toolchain.sh \
+        bookworm trixie) (installs golang-go, fetches trixie's Go into $KLOAK_CACHE/go); \
+        scripts/build-test-clients.sh writes the same list to target/e2e/go/toolchains. \
+        KLOAK_GO_TOOLCHAINS=none skips these tests explicitly";
+
+    /// tests/e2e/goclient built by every toolchain in KLOAK_GO_TOOLCHAINS as
+    /// a default executable and as PIE, with and without symbols, once per
+    /// test run under the cargo target directory. `None` only when the
+    /// variable says `none`; unset or a broken toolchain fails the test.
+    fn go_builds() -> Option<&'static [GoBuild]> {
+        static BUILDS: OnceLock<Option<Vec<GoBuild>>> = OnceLock::new();
+        BUILDS
             .get_or_init(|| {
-                if Command::new("go").arg("version").output().is_err() {
+                let roots = std::env::var("KLOAK_GO_TOOLCHAINS").expect(TOOLCHAINS_HELP);
+                if roots == "none" {
                     return None;
                 }
                 let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/goclient");
                 // target/debug/deps/<test binary> -> target/debug/go-fixtures
                 let exe = std::env::current_exe().unwrap();
                 let out = exe.parent().unwrap().parent().unwrap().join("go-fixtures");
-                std::fs::create_dir_all(&out).unwrap();
-                let build = |name: &str, args: &[&str]| {
-                    let bin = out.join(name);
-                    let status = Command::new("go")
-                        .arg("build")
-                        .args(args)
-                        .arg("-o")
-                        .arg(&bin)
-                        .arg(".")
-                        .current_dir(&src)
+                let go = |goroot: &str| {
+                    let mut cmd = Command::new(Path::new(goroot).join("bin/go"));
+                    cmd.current_dir(&src)
+                        .env("GOROOT", goroot)
                         .env("CGO_ENABLED", "0")
                         .env("GOCACHE", out.join("gocache"))
                         .env("GOPATH", out.join("gopath"))
-                        .env("GOFLAGS", "")
-                        .env("GO111MODULE", "on")
+                        .env("GOFLAGS", "-mod=mod")
                         .env("GOPROXY", "off")
-                        .env("GOTOOLCHAIN", "local")
-                        .status()
-                        .unwrap();
-                    assert!(status.success(), "go build {name} failed");
-                    bin
+                        .env("GOTOOLCHAIN", "local");
+                    cmd
                 };
-                Some(GoFixtures {
-                    plain: build("goclient", &[]),
-                    pie: build("goclient-pie", &["-buildmode=pie"]),
-                    stripped: build("goclient-stripped", &["-ldflags=-s -w"]),
-                })
+                let mut builds = Vec::new();
+                for goroot in roots.split(':') {
+                    let version = go(goroot)
+                        .args(["env", "GOVERSION"])
+                        .output()
+                        .unwrap_or_else(|e| panic!("{goroot}/bin/go: {e}; {TOOLCHAINS_HELP}"));
+                    assert!(version.status.success(), "{goroot}: go env failed");
+                    let go_version = String::from_utf8(version.stdout).unwrap().trim().to_owned();
+                    for (pie, stripped) in
+                        [(false, false), (false, true), (true, false), (true, true)]
+                    {
+                        let mode = if pie { "pie" } else { "exe" };
+                        let symbols = if stripped { "stripped" } else { "plain" };
+                        let path = out
+                            .join(format!("{go_version}-{mode}-{symbols}"))
+                            .join("goclient");
+                        let mut cmd = go(goroot);
+                        cmd.args(["build", "-trimpath", &format!("-buildmode={mode}")]);
+                        if stripped {
+                            cmd.arg("-ldflags=-s -w");
+                        }
+                        let status = cmd.arg("-o").arg(&path).arg(".").status().unwrap();
+                        assert!(status.success(), "go build {}", path.display());
+                        builds.push(GoBuild {
+                            go_version: go_version.clone(),
+                            pie,
+                            stripped,
+                            path,
+                        });
+                    }
+                }
+                Some(builds)
             })
-            .as_ref()
+            .as_deref()
     }
 
-    fn check_go_target(path: &Path, want_pie: bool) {
-        let target = match inspect_path(path).unwrap() {
-            Some(TlsTarget::Go(t)) => t,
-            other => panic!("{}: expected Go target, got {other:?}", path.display()),
-        };
-        eprintln!("{}: {target:#x?}", path.display());
-        assert_eq!(target.is_pie, want_pie);
-        assert!(target.go_version.as_deref().unwrap().starts_with("go"));
-        assert!(target.tcpconn_itab_vaddr.is_some());
-        assert!(!target.ret_offsets.is_empty());
-        let data = std::fs::read(path).unwrap();
-        let w = target.write;
-        for &off in &target.ret_offsets {
-            assert!(off >= w.file_offset && off < w.file_offset + w.size);
-            let byte = data[usize::try_from(off).unwrap()];
-            assert!(byte == 0xc3 || byte == 0xc2, "byte {byte:#x} at {off:#x}");
-        }
-        // The entry bytes must be what object's segment API maps at vaddr.
-        use object::{Object, ObjectSegment};
-        let obj = object::File::parse(&*data).unwrap();
-        let mapped = obj
-            .segments()
-            .find_map(|s| s.data_range(w.vaddr, 16).ok().flatten())
-            .unwrap();
-        let off = usize::try_from(w.file_offset).unwrap();
-        assert_eq!(&data[off..off + 16], mapped);
+    fn builds_or_skip() -> &'static [GoBuild] {
+        go_builds().unwrap_or_else(|| {
+            eprintln!("skipping: KLOAK_GO_TOOLCHAINS=none");
+            &[]
+        })
     }
 
     #[test]
-    fn go_client_default() {
-        let Some(f) = go_fixtures() else {
-            eprintln!("skipping: no Go toolchain (apt-get install golang-go)");
-            return;
-        };
-        check_go_target(&f.plain, false);
-    }
-
-    #[test]
-    fn go_client_pie() {
-        let Some(f) = go_fixtures() else {
-            eprintln!("skipping: no Go toolchain (apt-get install golang-go)");
-            return;
-        };
-        check_go_target(&f.pie, true);
-    }
-
-    #[test]
-    fn go_client_stripped() {
-        let Some(f) = go_fixtures() else {
-            eprintln!("skipping: no Go toolchain (apt-get install golang-go)");
-            return;
-        };
-        let err = inspect_path(&f.stripped).unwrap_err();
-        eprintln!("{err}");
-        match &err {
-            TargetError::GoStripped { go_version, .. } => {
-                assert!(go_version.as_deref().unwrap().starts_with("go"))
+    fn every_build_kind_is_a_hookable_go_target() {
+        for build in builds_or_skip() {
+            let target = build.target();
+            let path = &build.path;
+            eprintln!("{}: {target:#x?}", path.display());
+            assert_eq!(target.is_pie, build.pie, "{}", path.display());
+            assert_eq!(target.go_version.as_deref(), Some(&*build.go_version));
+            assert!(!target.ret_offsets.is_empty());
+            let data = std::fs::read(path).unwrap();
+            let w = target.write;
+            for &off in &target.ret_offsets {
+                assert!(off >= w.file_offset && off < w.file_offset + w.size);
+                let byte = data[usize::try_from(off).unwrap()];
+                assert!(byte == 0xc3 || byte == 0xc2, "byte {byte:#x} at {off:#x}");
             }
-            other => panic!("expected GoStripped, got {other:?}"),
+            // The entry bytes must be what object's segment API maps at vaddr.
+            use object::{Object, ObjectSegment};
+            let obj = object::File::parse(&*data).unwrap();
+            let mapped = obj
+                .segments()
+                .find_map(|s| s.data_range(w.vaddr, 16).ok().flatten())
+                .unwrap();
+            let off = usize::try_from(w.file_offset).unwrap();
+            assert_eq!(&data[off..off + 16], mapped);
+            assert_ne!(target.tcpconn_close_vaddr, target.tcpconn_write_vaddr);
         }
-        assert!(err.is_unsupported());
-        assert!(err.to_string().contains("goclient-stripped"));
+    }
+
+    /// The stripped build of each toolchain and mode yields exactly the
+    /// target of the unstripped one (`-s -w` only drops non-loaded sections).
+    #[test]
+    fn stripped_builds_hook_like_unstripped_ones() {
+        let builds = builds_or_skip();
+        for plain in builds.iter().filter(|b| !b.stripped) {
+            let stripped = builds
+                .iter()
+                .find(|b| b.stripped && b.pie == plain.pie && b.go_version == plain.go_version)
+                .unwrap();
+            let data = std::fs::read(&stripped.path).unwrap();
+            let image = ElfImage::parse(&stripped.path, &data).unwrap().unwrap();
+            assert!(image.lookup(&[TLS_CONN_WRITE]).is_empty(), "not stripped");
+            assert_eq!(
+                stripped.target(),
+                plain.target(),
+                "{}",
+                stripped.path.display()
+            );
+        }
+    }
+
+    /// On unstripped builds the function table and `.symtab` agree on every
+    /// function used: same entry, and a size that only adds the alignment
+    /// padding, which holds no RET.
+    #[test]
+    fn function_table_agrees_with_symtab() {
+        for build in builds_or_skip().iter().filter(|b| !b.stripped) {
+            let data = std::fs::read(&build.path).unwrap();
+            let image = ElfImage::parse(&build.path, &data).unwrap().unwrap();
+            let names = [TLS_CONN_WRITE, TCPCONN_CLOSE, TCPCONN_WRITE];
+            let table = Pclntab::find(&image).unwrap().lookup(&names);
+            let symtab = image.lookup(&names);
+            for name in names {
+                let (pcln, sym) = (table[name], symtab[name]);
+                assert_eq!(pcln.vaddr, sym.vaddr, "{name} in {}", build.path.display());
+                assert!(sym.size <= pcln.size && pcln.size < sym.size + 32, "{name}");
+            }
+            let by_symtab = image
+                .locate(
+                    TLS_CONN_WRITE,
+                    symtab[TLS_CONN_WRITE].vaddr,
+                    symtab[TLS_CONN_WRITE].size,
+                )
+                .unwrap();
+            assert_eq!(
+                ret_offsets(&image, &by_symtab).unwrap(),
+                build.target().ret_offsets
+            );
+        }
+    }
+
+    /// What the BPF side compares at run time: the `net.Conn` itab of a
+    /// `*net.TCPConn` (read here through its symbol) holds the two methods
+    /// the function table gave, at fun[0] and fun[7].
+    #[test]
+    fn itab_methods_match_the_function_table() {
+        for build in builds_or_skip().iter().filter(|b| !b.stripped) {
+            let data = std::fs::read(&build.path).unwrap();
+            let image = ElfImage::parse(&build.path, &data).unwrap().unwrap();
+            let itabs = [
+                "go:itab.*net.TCPConn,net.Conn",
+                "go.itab.*net.TCPConn,net.Conn",
+            ];
+            let found = image.lookup(&itabs);
+            let itab = itabs.iter().find_map(|n| found.get(n)).unwrap();
+            let bytes = image.read_vaddr(itab.vaddr, 24 + 8 * 8).unwrap();
+            let fun = |i: usize| read_word(&bytes[24 + 8 * i..], 8, false).unwrap();
+            let target = build.target();
+            assert_eq!(
+                fun(0),
+                target.tcpconn_close_vaddr,
+                "{}",
+                build.path.display()
+            );
+            assert_eq!(
+                fun(7),
+                target.tcpconn_write_vaddr,
+                "{}",
+                build.path.display()
+            );
+        }
+    }
+
+    /// Go 1.19 (bookworm) and 1.20+ (trixie) tables differ in magic: both
+    /// must be exercised, or the toolchain list is incomplete.
+    #[test]
+    fn toolchains_cover_both_table_versions() {
+        let Some(builds) = go_builds() else {
+            eprintln!("skipping: KLOAK_GO_TOOLCHAINS=none");
+            return;
+        };
+        let versions: Vec<PclntabVersion> = builds
+            .iter()
+            .map(|b| {
+                let data = std::fs::read(&b.path).unwrap();
+                let image = ElfImage::parse(&b.path, &data).unwrap().unwrap();
+                Pclntab::find(&image).unwrap().version()
+            })
+            .collect();
+        for want in [PclntabVersion::Go118, PclntabVersion::Go120] {
+            assert!(
+                versions.contains(&want),
+                "no {want:?} build; {TOOLCHAINS_HELP}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@
 
 mod elf;
 mod go;
+mod gopclntab;
 mod procfs;
 
 use std::fs;
@@ -20,6 +21,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+pub use gopclntab::PclntabError;
 pub use procfs::{parse_maps, process_tls_files, MapsEntry};
 
 /// A function (or data object) located in an ELF file.
@@ -66,10 +68,14 @@ pub struct GoTarget {
     pub write: Symbol,
     /// File offsets of every RET instruction inside `write`, in address order.
     pub ret_offsets: Vec<u64>,
-    /// Address of `go:itab.*net.TCPConn,net.Conn`: comparing it with the itab
-    /// word of the `net.Conn` interface inside `tls.Conn` tells whether the
-    /// underlying connection is a plain TCP socket whose fd can be followed.
-    pub tcpconn_itab_vaddr: Option<u64>,
+    /// Link-time addresses of `net.(*TCPConn).Close` and `net.(*TCPConn).Write`:
+    /// the first and last method pointers of the itab of a `net.Conn` holding
+    /// a `*net.TCPConn`. Finding them in the itab word of the `net.Conn` inside
+    /// `tls.Conn` tells that the underlying connection is a plain TCP socket
+    /// whose fd can be followed (S2), without the itab's own symbol, which
+    /// stripped binaries lack.
+    pub tcpconn_close_vaddr: u64,
+    pub tcpconn_write_vaddr: u64,
     /// For example `go1.19.8`, from `.go.buildinfo` (or `runtime.buildVersion`).
     pub go_version: Option<String>,
     /// `ET_DYN`: runtime addresses are link-time addresses plus a load bias.
@@ -108,13 +114,22 @@ pub enum TargetError {
         size: u64,
     },
 
-    /// A Go executable without `.symtab` (built with `-ldflags=-s` or run
-    /// through `strip`). Not hookable until `.gopclntab` is parsed; callers
-    /// should report it as a skipped file rather than a failure.
-    #[error("{}: Go binary ({}) has no symbol table (stripped), cannot locate crypto/tls.(*Conn).Write", path.display(), go_version.as_deref().unwrap_or("unknown version"))]
-    GoStripped {
+    /// A Go executable whose function table cannot be found or read.
+    #[error("{}: Go binary ({}): {source}", path.display(), go_version.as_deref().unwrap_or("unknown version"))]
+    GoPclntab {
         path: PathBuf,
         go_version: Option<String>,
+        source: PclntabError,
+    },
+
+    /// A Go executable with crypto/tls but without the `*net.TCPConn`
+    /// methods that identify a TCP connection: the fd behind a write could
+    /// not be trusted, so the binary is not hooked.
+    #[error("{}: Go binary ({}) has crypto/tls but no {function} in its function table, so the connection behind a write cannot be identified", path.display(), go_version.as_deref().unwrap_or("unknown version"))]
+    GoNoTcpConn {
+        path: PathBuf,
+        go_version: Option<String>,
+        function: &'static str,
     },
 
     #[error("{}: Go binary for ELF machine {machine} is not supported (RET offsets are only computed for x86-64)", path.display())]
@@ -136,7 +151,8 @@ impl TargetError {
     pub fn is_unsupported(&self) -> bool {
         matches!(
             self,
-            TargetError::GoStripped { .. }
+            TargetError::GoPclntab { .. }
+                | TargetError::GoNoTcpConn { .. }
                 | TargetError::GoUnsupportedArch { .. }
                 | TargetError::GoNoRet { .. }
         )
@@ -147,7 +163,7 @@ impl TargetError {
 ///
 /// Returns `Ok(None)` for anything that is not a 64-bit ELF executable or
 /// shared object carrying a supported TLS implementation (including non-ELF
-/// files). A Go binary without symbols yields [`TargetError::GoStripped`].
+/// files). Go binaries are read through their function table, stripped or not.
 pub fn inspect(path: &Path) -> Result<Option<TlsTarget>, TargetError> {
     let data = std::fs::read(path).map_err(|source| TargetError::Io {
         path: path.to_path_buf(),
@@ -282,14 +298,25 @@ mod tests {
 
     #[test]
     fn unsupported_errors_are_distinguished() {
-        let stripped = TargetError::GoStripped {
+        let no_tcp = TargetError::GoNoTcpConn {
             path: PathBuf::from("/app/server"),
             go_version: Some("go1.19.8".into()),
+            function: "net.(*TCPConn).Close",
         };
-        assert!(stripped.is_unsupported());
+        assert!(no_tcp.is_unsupported());
         assert_eq!(
-            stripped.to_string(),
-            "/app/server: Go binary (go1.19.8) has no symbol table (stripped), cannot locate crypto/tls.(*Conn).Write"
+            no_tcp.to_string(),
+            "/app/server: Go binary (go1.19.8) has crypto/tls but no net.(*TCPConn).Close in its function table, so the connection behind a write cannot be identified"
+        );
+        let old = TargetError::GoPclntab {
+            path: PathBuf::from("/app/old"),
+            go_version: None,
+            source: PclntabError::UnsupportedVersion { magic: 0xffff_fffa },
+        };
+        assert!(old.is_unsupported());
+        assert_eq!(
+            old.to_string(),
+            "/app/old: Go binary (unknown version): function table magic 0xfffffffa is not a Go 1.18+ table (older Go releases are not supported)"
         );
         let io = TargetError::Io {
             path: PathBuf::from("/x"),

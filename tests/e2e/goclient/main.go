@@ -1,10 +1,12 @@
 // goclient sends HTTPS requests with Go's crypto/tls, for kloak's end-to-end tests.
 //
-//	goclient -url URL [-url URL2 ...] -header 'Name: value' [-body STR]
+//	goclient -url URL [-url URL2 ...] -header 'Name: value' [-body STR] [-h2] [-repeat N]
 //
 // Header values and the body expand $VARS from the environment, so the
 // placeholder comes from where kloak put it. Each -url gets its own
-// connection; HTTP/1.1 only (HTTP/2 is another issue's work).
+// connection, and -repeat sends N requests on it (HPACK indexes a header
+// sent twice on one HTTP/2 connection). HTTP/1.1 unless -h2: then Go's
+// default HTTP/2 client, negotiated by ALPN, and any other protocol fails.
 package main
 
 import (
@@ -29,6 +31,8 @@ func main() {
 	flag.Var(&urls, "url", "URL to request (repeatable: one connection each)")
 	flag.Var(&headers, "header", "header 'Name: value' ($VAR expanded)")
 	body := flag.String("body", "", "request body ($VAR expanded); POST when set")
+	h2 := flag.Bool("h2", false, "HTTP/2 by ALPN (Go's default client); fail on anything else")
+	repeat := flag.Int("repeat", 1, "requests per URL, all on the same connection")
 	flag.Parse()
 	pool := x509.NewCertPool()
 	if ca := os.Getenv("SSL_CERT_FILE"); ca != "" {
@@ -41,37 +45,56 @@ func main() {
 	}
 	failed := false
 	for _, url := range urls {
-		transport := &http.Transport{
-			TLSClientConfig:   &tls.Config{RootCAs: pool},
-			ForceAttemptHTTP2: false,
-			TLSNextProto:      map[string]func(string, *tls.Conn) http.RoundTripper{},
+		transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+		if *h2 {
+			// A custom TLSClientConfig turns HTTP/2 off unless asked for; a nil
+			// TLSNextProto keeps the default h2 upgrade.
+			transport.ForceAttemptHTTP2 = true
+		} else {
+			transport.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 		}
 		client := &http.Client{Transport: transport, Timeout: 10 * time.Second}
-		method, reader := "GET", io.Reader(nil)
-		if *body != "" {
-			method, reader = "POST", strings.NewReader(os.ExpandEnv(*body))
+		for i := 0; i < *repeat; i++ {
+			if err := request(client, url, headers, *body, *h2); err != nil {
+				fmt.Println(url, "error:", err)
+				failed = true
+				break
+			}
 		}
-		req, err := http.NewRequest(method, url, reader)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "goclient:", err)
-			os.Exit(2)
-		}
-		for _, h := range headers {
-			name, value, _ := strings.Cut(h, ":")
-			req.Header.Set(strings.TrimSpace(name), os.ExpandEnv(strings.TrimSpace(value)))
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			fmt.Println(url, "error:", err)
-			failed = true
-			continue
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		fmt.Println(url, resp.Status)
 		transport.CloseIdleConnections()
 	}
 	if failed {
 		os.Exit(1)
 	}
+}
+
+// request sends one request and reads the whole response, so the connection
+// is reused by the next one.
+func request(client *http.Client, url string, headers list, body string, h2 bool) error {
+	method, reader := "GET", io.Reader(nil)
+	if body != "" {
+		method, reader = "POST", strings.NewReader(os.ExpandEnv(body))
+	}
+	req, err := http.NewRequest(method, url, reader)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "goclient:", err)
+		os.Exit(2)
+	}
+	for _, h := range headers {
+		name, value, _ := strings.Cut(h, ":")
+		req.Header.Set(strings.TrimSpace(name), os.ExpandEnv(strings.TrimSpace(value)))
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if h2 && resp.Proto != "HTTP/2.0" {
+		return fmt.Errorf("got %s, want HTTP/2.0", resp.Proto)
+	}
+	fmt.Println(url, resp.Proto, resp.Status)
+	return nil
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Prints the GOROOT of Debian's Go for each SUITE given, colon-separated, fetching what is missing:
+#   bookworm  the host's golang-go (apt-get install on demand)
+#   trixie    the Go that trixie's golang-go depends on (golang-1.24-go today): its .debs are fetched
+#             with a private apt state (scripts/lib/apt.sh) and extracted under
+#             ${KLOAK_CACHE:-/var/cache/kloak}/go/<package version>/; not installable on bookworm with apt.
+# usage: scripts/go-toolchain.sh SUITE...     e.g. export KLOAK_GO_TOOLCHAINS=$(scripts/go-toolchain.sh bookworm trixie)
+set -euo pipefail
+shopt -s inherit_errexit
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/lib/apt.sh
+. "$here/lib/apt.sh"
+cache=${KLOAK_CACHE:-/var/cache/kloak}/go
+
+bookworm_goroot() {
+  command -v go >/dev/null || apt_install golang-go
+  go env GOROOT
+}
+
+# The cache keeps <version>/ (the extracted packages) and `trixie` (the version in use), filled under an
+# flock and renamed into place at the end so an interrupted fetch never looks complete.
+trixie_goroot() {
+  local work ver gopkg dir
+  mkdir -p "$cache"
+  {
+    flock -w 900 9 || { echo "go-toolchain: timed out waiting for $cache/.lock" >&2; return 1; }
+    if ! { [ -s "$cache/trixie" ] && [ -d "$cache/$(cat "$cache/trixie")" ]; }; then
+      apt_opts=()
+      suite_apt "$cache/.apt-trixie" trixie
+      # golang-go -> golang-1.NN-go -> golang-1.NN-src: the newest Go trixie ships, not a guess.
+      gopkg=$(apt-cache "${apt_opts[@]}" depends golang-go | awk '/Depends: golang-1\.[0-9]+-go/{print $2; exit}')
+      [ -n "$gopkg" ] || { echo "go-toolchain: trixie's golang-go names no golang-1.NN-go" >&2; return 1; }
+      ver=$(apt-cache "${apt_opts[@]}" show "$gopkg" | awk '/^Version:/{print $2; exit}')
+      work=$(mktemp -d "$cache/.fetch.XXXXXX")
+      echo "go-toolchain: downloading $gopkg ${gopkg%-go}-src $ver (trixie)" >&2
+      if ! suite_download "$work" "$gopkg" "${gopkg%-go}-src"; then rm -rf "$work"; return 1; fi
+      for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/x"; done
+      rm -rf "${cache:?}/$ver"
+      mv "$work/x" "$cache/$ver"
+      rm -rf "$work"
+      echo "$ver" > "$cache/trixie"
+    fi
+  } 9>"$cache/.lock"
+  # usr/lib/go-1.NN holds bin/ and pkg/ and links src/ to usr/share/go-1.NN/src (relative links).
+  dir=$(compgen -G "$cache/$(cat "$cache/trixie")/usr/lib/go-1.*" | head -1)
+  [ -x "$dir/bin/go" ] || { echo "go-toolchain: broken cache $cache/$(cat "$cache/trixie") (remove it)" >&2; return 1; }
+  echo "$dir"
+}
+
+[ $# -gt 0 ] || { echo "usage: $0 bookworm|trixie..." >&2; exit 64; }
+roots=()
+for suite in "$@"; do
+  case $suite in
+    bookworm) roots+=("$(bookworm_goroot)") ;;
+    trixie) roots+=("$(trixie_goroot)") ;;
+    *) echo "go-toolchain: unknown suite $suite (bookworm or trixie)" >&2; exit 64 ;;
+  esac
+done
+(IFS=:; echo "${roots[*]}")
