@@ -18,6 +18,8 @@ kernels=${KLOAK_VM_KERNELS:-bookworm trixie}
 scripts/install-deps.sh
 cargo build --locked || exit 1
 scripts/build-test-clients.sh || exit 1
+# Bun releases from npm for the Bun locator's tests and the Bun scenario.
+bun_dir=$(scripts/fetch-bun.sh | tail -1) || exit 1
 
 status=0
 if [[ " $tiers " == *" unit "* ]]; then
@@ -26,6 +28,8 @@ if [[ " $tiers " == *" unit "* ]]; then
   # Secret change to map update through the controller's own code path
   # (debug build here; `make bench` measures the release build).
   cargo test --locked --bench secret_sync_latency || status=1
+  # SSL_write and SSL_do_handshake located in every fetched Bun build.
+  KLOAK_BUN_DIR=$bun_dir cargo test --locked --lib targets::bun -- --ignored || status=1
 fi
 
 passed=0
@@ -57,6 +61,8 @@ if [[ " $tiers " == *" host "* ]]; then
   cargo test --locked --test pins --test binding -- --ignored 2>&1 | tee "$logs/host-integration.log" || status=1
   E2E_WORK=$logs/host tests/e2e/scenarios.sh --expect "$expect" 2>&1 | tee "$logs/host.log"
   count "$logs/host.log" "host $(uname -r)"
+  E2E_WORK=$logs/host-bun tests/e2e/bun.sh --expect "$expect" 2>&1 | tee "$logs/host-bun.log"
+  count "$logs/host-bun.log" "host $(uname -r) bun"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
@@ -74,6 +80,10 @@ if [[ " $tiers " == *" vm "* ]]; then
     (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 1800 -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel.log"
     count "$logs/vm-$kernel.log" "vm $kernel"
+    echo "== tier 3: VM, Debian $kernel kernel, Bun"
+    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 900 -- \
+      sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel-bun.log"
+    count "$logs/vm-$kernel-bun.log" "vm $kernel bun"
   done
 fi
 [ "$failed" -eq 0 ] || status=1
