@@ -81,7 +81,7 @@ if [[ " $tiers " == *" vm "* ]]; then
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel.log"
     count "$logs/vm-$kernel.log" "vm $kernel"
     echo "== tier 3: VM, Debian $kernel kernel, Bun"
-    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 900 -- \
+    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --cpu max --timeout 900 -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel-bun.log"
     count "$logs/vm-$kernel-bun.log" "vm $kernel bun"
   done
