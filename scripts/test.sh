@@ -23,6 +23,8 @@ scripts/build-test-clients.sh || exit 1
 # The Go toolchains the target tests build the Go client with (see src/dataplane/targets/go.rs).
 KLOAK_GO_TOOLCHAINS=$(cat target/e2e/go/toolchains) || exit 1
 export KLOAK_GO_TOOLCHAINS
+# Bun releases from npm for the Bun locator's tests and the Bun scenario.
+bun_dir=$(scripts/fetch-bun.sh | tail -1) || exit 1
 
 status=0
 if [[ " $tiers " == *" unit "* ]]; then
@@ -31,6 +33,8 @@ if [[ " $tiers " == *" unit "* ]]; then
   # Secret change to map update through the controller's own code path
   # (debug build here; `make bench` measures the release build).
   cargo test --locked --bench secret_sync_latency || status=1
+  # SSL_write and SSL_do_handshake located in every fetched Bun build.
+  KLOAK_BUN_DIR=$bun_dir cargo test --locked --lib targets::bun -- --ignored || status=1
 fi
 
 passed=0
@@ -66,6 +70,8 @@ if [[ " $tiers " == *" host "* ]]; then
   count "$logs/host.log" "host $(uname -r)"
   E2E_WORK=$logs/host-go tests/e2e/go_matrix.sh --expect "$expect" 2>&1 | tee "$logs/host-go.log"
   count "$logs/host-go.log" "host $(uname -r) go matrix"
+  E2E_WORK=$logs/host-bun tests/e2e/bun.sh --expect "$expect" 2>&1 | tee "$logs/host-bun.log"
+  count "$logs/host-bun.log" "host $(uname -r) bun"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
@@ -85,6 +91,10 @@ if [[ " $tiers " == *" vm "* ]]; then
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
              E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel.log"
     count "$logs/vm-$kernel.log" "vm $kernel" 2
+    echo "== tier 3: VM, Debian $kernel kernel, Bun"
+    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --cpu max --timeout 900 -- \
+      sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel-bun.log"
+    count "$logs/vm-$kernel-bun.log" "vm $kernel bun"
   done
 fi
 [ "$failed" -eq 0 ] || status=1

@@ -5,7 +5,7 @@
 # Debian's kernels run without lockdown. See DESIGN.md section 6.
 #
 # usage: scripts/vm.sh [--kernel bookworm|trixie] [--cache DIR] [--timeout SECS] [--share DIR]
-#                      [--module NAME]... [--env NAME=VALUE]... -- GUEST_COMMAND...
+#                      [--module NAME]... [--env NAME=VALUE]... [--cpu MODEL] -- GUEST_COMMAND...
 #        scripts/vm.sh --fetch-only [--kernel bookworm|trixie] [--cache DIR]
 #
 #   --kernel    Debian suite whose linux-image-*-amd64-unsigned is booted (default bookworm).
@@ -17,6 +17,8 @@
 #               command's exit code as vm-exit-code.
 #   --module    an extra kernel module to load if the package has it (repeatable).
 #   --env       an environment variable for the guest command (repeatable); PATH is always passed.
+#   --cpu       qemu CPU model (default: qemu's own, qemu64, without SSE4.2 or AVX); `max` gives the
+#               guest every feature TCG emulates, which Bun's builds need.
 #   GUEST_COMMAND  argv to run; a single argument is run as a bash snippet (`-- 'uname -r; ls /'`).
 #               It runs as root in the caller's current directory, stdin is /dev/null.
 #
@@ -40,6 +42,7 @@ timeout_s=900
 share=
 fetch_only=0
 extra_modules=()
+cpu_args=()
 guest_env=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     --share) share=${2:?--share needs a value}; shift 2 ;;
     --module) extra_modules+=("${2:?--module needs a value}"); shift 2 ;;
     --env) guest_env+=("${2:?--env needs a value}"); shift 2 ;;
+    --cpu) cpu_args=(-cpu "${2:?--cpu needs a value}"); shift 2 ;;
     --fetch-only) fetch_only=1; shift ;;
     --) shift; break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -309,7 +313,7 @@ chmod +x "$ir/init"
 log=$share/vm-console.log
 start=$EPOCHREALTIME
 set +e
-timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg -m 3072 -smp 2 \
+timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg "${cpu_args[@]}" -m 3072 -smp 2 \
   -nographic -no-reboot -nic none -pidfile "$qemu_pidfile" \
   -kernel "$kernel" -initrd "$ir/initrd.gz" \
   -append "console=ttyS0 quiet panic=-1" \

@@ -35,7 +35,12 @@ pub fn target_check(path: &Path, result: Result<Option<TlsTarget>, TargetError>)
         Ok(None) => None,
         Ok(Some(TlsTarget::OpenSsl(target))) => Some(Check::ok(
             name,
-            format!("hookable: OpenSSL ({:?})", target.flavour),
+            match &target.bun_version {
+                Some(version) => {
+                    format!("hookable: Bun {version} (BoringSSL, located without symbols)")
+                }
+                None => format!("hookable: OpenSSL ({:?})", target.flavour),
+            },
         )),
         Ok(Some(TlsTarget::Go(target))) => Some(Check::ok(
             name,
@@ -43,6 +48,12 @@ pub fn target_check(path: &Path, result: Result<Option<TlsTarget>, TargetError>)
                 "hookable: Go {}",
                 target.go_version.as_deref().unwrap_or("(unknown version)")
             ),
+        )),
+        Err(err @ TargetError::BunUnlocated { .. }) => Some(Check::warn(
+            name,
+            format!("not hookable: {err}"),
+            "use a Bun release kloak is tested with (README, scripts/fetch-bun.sh) and report \
+             this one; its placeholders go out unchanged",
         )),
         Err(err) if err.is_unsupported() => Some(Check::warn(
             name,

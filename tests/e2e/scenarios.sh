@@ -53,41 +53,6 @@ start_dns_server 127.0.0.53:53 "$WORK/dns.log" \
   --record api.wild.kloak.test=127.0.0.1 || exit 1
 start_dns_server 127.0.0.54:53 "$WORK/evil-dns.log" --record allowed.kloak.test=127.0.0.2 || exit 1
 
-# The standard policy: the secret may go to allowed.kloak.test:8443 only.
-run_allowed() { # NAME CMD...
-  local name=$1; shift
-  : > "$WORK/a.rec"; : > "$WORK/b.rec"
-  RESOLVER=127.0.0.53 kloak_run "$name" --secret "API_KEY=@$WORK/api_key" \
-    --allow-host allowed.kloak.test --port 8443 --dns-server 127.0.0.53 -- "$@"
-}
-
-# check_delivery NAME RECORD: the allowed server got the real value (rewrite)
-# or only the placeholder (observe), and the matching event was emitted.
-check_delivery() {
-  local name=$1 record=$2 got
-  got=$(received "$record")
-  if [ "$EXPECT" = rewrite ]; then
-    if grep -qF "$SECRET" <<<"$got" && ! grep -q 'kloak:' <<<"$got"; then pass "$name: server received the real value"
-    else fail "$name" "server did not receive the real value: $(head -c 300 <<<"$got")"; fi
-    events_have "$name" '"event":"rewritten"' && pass "$name: rewritten event" || fail "$name" "no rewritten event"
-  else
-    if grep -q 'kloak:' <<<"$got" && ! grep -qF "$SECRET" <<<"$got"; then pass "$name: server received the placeholder only"
-    else fail "$name" "server did not receive the placeholder: $(head -c 300 <<<"$got")"; fi
-    events_have "$name" '"reason":"rewrite_unavailable"' && pass "$name: rewrite_unavailable event" \
-      || fail "$name" "no rewrite_unavailable event"
-  fi
-}
-
-# check_placeholder NAME RECORD REASON: placeholder only, and the event says why.
-check_placeholder() {
-  local name=$1 record=$2 reason=$3 got
-  got=$(received "$record")
-  if grep -q 'kloak:' <<<"$got" && ! grep -qF "$SECRET" <<<"$got"; then pass "$name: placeholder only"
-  else fail "$name" "expected the placeholder only: $(head -c 300 <<<"$got")"; fi
-  events_have "$name" "\"reason\":\"$reason\"" && pass "$name: event reason $reason" \
-    || fail "$name" "no event with reason $reason: $(cat "$WORK/$name.events" 2>/dev/null | head -c 600)"
-}
-
 # 1-3: each client, allowed host.
 run_allowed curl sh -c "curl -sS -m 10 -H \"$AUTH\" https://allowed.kloak.test:8443/"
 check_delivery curl "$WORK/a.rec"

@@ -26,6 +26,14 @@ impl RawSymbol {
     }
 }
 
+/// The file bytes of one loaded segment.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Segment<'data> {
+    pub vaddr: u64,
+    pub bytes: &'data [u8],
+    pub executable: bool,
+}
+
 /// A parsed 64-bit ELF executable or shared object, with the path kept for
 /// error messages.
 pub(super) struct ElfImage<'data> {
@@ -93,6 +101,24 @@ impl<'data> ElfImage<'data> {
                     None
                 }
             })
+    }
+
+    /// The file bytes of every `PT_LOAD` segment, with where they are mapped.
+    pub fn load_segments(&self) -> Vec<Segment<'data>> {
+        let endian = self.elf.endian();
+        self.elf
+            .elf_program_headers()
+            .iter()
+            .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+            .filter_map(|ph| {
+                let bytes = ph.data(endian, self.data).ok()?;
+                Some(Segment {
+                    vaddr: ph.p_vaddr(endian),
+                    bytes,
+                    executable: ph.p_flags(endian) & elf::PF_X != 0,
+                })
+            })
+            .collect()
     }
 
     /// The file bytes that get mapped at `[vaddr, vaddr + len)`.
@@ -220,6 +246,7 @@ pub(super) fn inspect_openssl(file: &ElfImage<'_>) -> Result<Option<OpenSslTarge
         set_wfd: function(SSL_SET_WFD)?,
         set_bio: function(SSL_SET_BIO)?,
         flavour,
+        bun_version: None,
     };
     tracing::debug!(path = %file.path.display(), ?target, "OpenSSL-compatible TLS library");
     Ok(Some(target))

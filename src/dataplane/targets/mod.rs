@@ -8,10 +8,15 @@
 //! Two kinds of targets are recognised:
 //! - OpenSSL and BoringSSL, either as a shared `libssl.so*` or linked
 //!   statically into an executable that exports the `SSL_*` symbols (`node`).
+//! - Bun, which links BoringSSL statically and strips its symbols:
+//!   `SSL_write` and `SSL_do_handshake` are found by their structure (see
+//!   `bun.rs`), or the file is refused with the reason.
 //! - Go executables, where `crypto/tls.(*Conn).Write` is hooked on entry and on
 //!   every RET instruction (uretprobes corrupt Go stacks, which move).
 
+mod bun;
 mod elf;
+mod flow;
 mod go;
 mod gopclntab;
 mod procfs;
@@ -21,6 +26,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+pub use bun::BunMiss;
 pub use gopclntab::PclntabError;
 pub use procfs::{parse_maps, process_tls_files, MapsEntry};
 
@@ -60,6 +66,9 @@ pub struct OpenSslTarget {
     pub set_wfd: Option<Symbol>,
     pub set_bio: Option<Symbol>,
     pub flavour: SslFlavour,
+    /// For a stripped Bun executable, whose functions were located by their
+    /// structure rather than by symbols: the Bun version.
+    pub bun_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +150,15 @@ pub enum TargetError {
     #[error("{}: crypto/tls.(*Conn).Write at {vaddr:#x} contains no RET instruction", path.display())]
     GoNoRet { path: PathBuf, vaddr: u64 },
 
+    /// A Bun executable in which `SSL_write` or `SSL_do_handshake` cannot be
+    /// located with certainty: it is not hooked rather than hooked on a guess.
+    #[error("{}: Bun {version}: cannot locate BoringSSL's SSL_write and SSL_do_handshake without symbols: {miss}; not hooked", path.display())]
+    BunUnlocated {
+        path: PathBuf,
+        version: String,
+        miss: BunMiss,
+    },
+
     #[error("cannot inspect process through {}: {source}", path.display())]
     Proc { path: PathBuf, source: io::Error },
 }
@@ -155,6 +173,7 @@ impl TargetError {
                 | TargetError::GoNoTcpConn { .. }
                 | TargetError::GoUnsupportedArch { .. }
                 | TargetError::GoNoRet { .. }
+                | TargetError::BunUnlocated { .. }
         )
     }
 }
@@ -163,7 +182,9 @@ impl TargetError {
 ///
 /// Returns `Ok(None)` for anything that is not a 64-bit ELF executable or
 /// shared object carrying a supported TLS implementation (including non-ELF
-/// files). Go binaries are read through their function table, stripped or not.
+/// files). Go binaries are read through their function table, stripped or not;
+/// a Bun executable whose TLS functions cannot be located with certainty
+/// yields [`TargetError::BunUnlocated`].
 pub fn inspect(path: &Path) -> Result<Option<TlsTarget>, TargetError> {
     let data = std::fs::read(path).map_err(|source| TargetError::Io {
         path: path.to_path_buf(),
@@ -183,7 +204,13 @@ fn inspect_bytes(path: &Path, data: &[u8]) -> Result<Option<TlsTarget>, TargetEr
         }
         // A Go program without crypto/tls may still call OpenSSL through cgo.
     }
-    Ok(elf::inspect_openssl(&file)?.map(TlsTarget::OpenSsl))
+    if let Some(target) = elf::inspect_openssl(&file)? {
+        return Ok(Some(TlsTarget::OpenSsl(target)));
+    }
+    match bun::version(&file) {
+        Some(version) => bun::inspect(&file, &version).map(|t| Some(TlsTarget::OpenSsl(t))),
+        None => Ok(None),
+    }
 }
 
 /// Device and inode of `path` (following symlinks, so `/proc/<pid>/exe` and
