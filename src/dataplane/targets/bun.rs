@@ -144,6 +144,10 @@ pub(super) fn inspect(file: &ElfImage<'_>, version: &str) -> Result<OpenSslTarge
         ssl_write_ex: None,
         do_handshake: Some(symbol(SSL_DO_HANDSHAKE, handshake).map_err(refuse)?),
         connect: None,
+        // uSockets' BIO sends from inside SSL_write and the handshake, so
+        // those two calls attribute every connection; no memory BIO here.
+        read: None,
+        read_ex: None,
         set_fd: None,
         set_wfd: None,
         set_bio: None,
