@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the end-to-end scenarios need into OUTDIR (default target/e2e):
-# the Go client (Debian's Go, standard library only) and test certificates.
+# the Go client (Debian's Go, standard library only) and test certificates;
+# and the Python client venv (scripts/client-venv.sh, in the cache directory).
 # OUTDIR must be visible inside the VM, so never under /tmp.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,4 +15,5 @@ fi
   go build -trimpath -o "$out/goclient" .)
 "$root/tests/fixtures/gen_cert.sh" "$out/certs" allowed.kloak.test other.kloak.test short.kloak.test \
   zero.kloak.test api.wild.kloak.test api.example.test evil.example.test 127.0.0.1 127.0.0.2
+"$root/scripts/client-venv.sh" > /dev/null
 echo "test clients in $out"
