@@ -2,10 +2,11 @@
 # Every test tier, as CI runs them:
 #   1. unit (cargo test), and the Helm chart rendered for several value sets
 #      and validated against the Kubernetes schemas (scripts/chart/check.sh)
-#   2. host BPF: the end-to-end scenarios on this machine's kernel (rewrites
-#      where the kernel allows them, observe mode and its reasons where not)
-#   3. VM: the same scenarios inside Debian's 6.1 and 6.12 kernels under qemu,
-#      where rewrites must happen
+#   2. host BPF: the end-to-end scenarios and the client matrix on this
+#      machine's kernel (rewrites where the kernel allows them, observe mode
+#      and its reasons where not)
+#   3. VM: the same scenarios and matrix inside Debian's 6.1 and 6.12 kernels
+#      under qemu, where rewrites must happen
 # Needs root. Tiers: KLOAK_TIERS="unit chart host vm" (default all).
 # Ends with one line "N passed, N failed" for the non-cargo tiers.
 set -uo pipefail
@@ -18,6 +19,7 @@ kernels=${KLOAK_VM_KERNELS:-bookworm trixie}
 scripts/install-deps.sh
 cargo build --locked || exit 1
 scripts/build-test-clients.sh || exit 1
+client_venv=$(scripts/client-venv.sh) || exit 1
 
 status=0
 if [[ " $tiers " == *" unit "* ]]; then
@@ -57,10 +59,14 @@ if [[ " $tiers " == *" host "* ]]; then
   cargo test --locked --test pins --test binding -- --ignored 2>&1 | tee "$logs/host-integration.log" || status=1
   E2E_WORK=$logs/host tests/e2e/scenarios.sh --expect "$expect" 2>&1 | tee "$logs/host.log"
   count "$logs/host.log" "host $(uname -r)"
+  E2E_WORK=$logs/host-matrix KLOAK_CLIENT_VENV=$client_venv tests/e2e/matrix.sh --expect "$expect" 2>&1 |
+    tee "$logs/host-matrix.log"
+  count "$logs/host-matrix.log" "host $(uname -r) client matrix"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
-  # under /tmp runs from a staged copy of what the scenarios need.
+  # under /tmp runs from a staged copy of what the scenarios and the matrix
+  # need (tests/ holds the matrix's clients; its venv is in the cache).
   vm_root=$root
   if [[ $root == /tmp/* ]]; then
     vm_root=/var/tmp/kloak-vm-stage/$(basename "$root")
@@ -74,6 +80,10 @@ if [[ " $tiers " == *" vm "* ]]; then
     (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 1800 -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel.log"
     count "$logs/vm-$kernel.log" "vm $kernel"
+    echo "== tier 3: VM, Debian $kernel kernel, client matrix"
+    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 1800 --env "KLOAK_CLIENT_VENV=$client_venv" -- \
+      sh -c "E2E_WORK=/tmp/e2e tests/e2e/matrix.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel-matrix.log"
+    count "$logs/vm-$kernel-matrix.log" "vm $kernel client matrix"
   done
 fi
 [ "$failed" -eq 0 ] || status=1
