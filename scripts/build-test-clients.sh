@@ -6,6 +6,7 @@
 #   symbols (-ldflags=-s -w), for tests/e2e/go_matrix.sh;
 # - go/toolchains: the GOROOTs used, colon-separated (what KLOAK_GO_TOOLCHAINS wants for `cargo test`);
 # - certs/: test certificates.
+# - the Python client venv (scripts/client-venv.sh, in the cache directory).
 # OUTDIR must be visible inside the VM, so never under /tmp.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,4 +37,5 @@ done
 echo "$toolchains" > "$out/go/toolchains"
 "$root/tests/fixtures/gen_cert.sh" "$out/certs" allowed.kloak.test other.kloak.test short.kloak.test \
   zero.kloak.test api.wild.kloak.test api.example.test evil.example.test 127.0.0.1 127.0.0.2
+"$root/scripts/client-venv.sh" > /dev/null
 echo "test clients in $out"

@@ -2,12 +2,12 @@
 # Every test tier, as CI runs them:
 #   1. unit (cargo test), and the Helm chart rendered for several value sets
 #      and validated against the Kubernetes schemas (scripts/chart/check.sh)
-#   2. host BPF: the end-to-end scenarios (tests/e2e/scenarios.sh, and
-#      tests/e2e/go_matrix.sh for Go builds of every kind) on this machine's
-#      kernel (rewrites where the kernel allows them, observe mode and its
-#      reasons where not)
-#   3. VM: the same scenarios inside Debian's 6.1 and 6.12 kernels under qemu,
-#      where rewrites must happen
+#   2. host BPF: the end-to-end scenarios (tests/e2e/scenarios.sh), every kind
+#      of Go build (go_matrix.sh), Bun (bun.sh), the client matrix (matrix.sh)
+#      and kloak doctor's view of them, on this machine's kernel (rewrites
+#      where the kernel allows them, observe mode and its reasons where not)
+#   3. VM: the same inside Debian's 6.1 and 6.12 kernels under qemu, where
+#      rewrites must happen
 # Needs root. Tiers: KLOAK_TIERS="unit chart host vm" (default all).
 # Ends with one line "N passed, N failed" for the non-cargo tiers.
 set -uo pipefail
@@ -25,6 +25,7 @@ KLOAK_GO_TOOLCHAINS=$(cat target/e2e/go/toolchains) || exit 1
 export KLOAK_GO_TOOLCHAINS
 # Bun releases from npm for the Bun locator's tests and the Bun scenario.
 bun_dir=$(scripts/fetch-bun.sh | tail -1) || exit 1
+client_venv=$(scripts/client-venv.sh) || exit 1
 
 status=0
 if [[ " $tiers " == *" unit "* ]]; then
@@ -72,10 +73,14 @@ if [[ " $tiers " == *" host "* ]]; then
   count "$logs/host-go.log" "host $(uname -r) go matrix"
   E2E_WORK=$logs/host-bun tests/e2e/bun.sh --expect "$expect" 2>&1 | tee "$logs/host-bun.log"
   count "$logs/host-bun.log" "host $(uname -r) bun"
+  E2E_WORK=$logs/host-matrix KLOAK_CLIENT_VENV=$client_venv tests/e2e/matrix.sh --expect "$expect" 2>&1 |
+    tee "$logs/host-matrix.log"
+  count "$logs/host-matrix.log" "host $(uname -r) client matrix"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
-  # under /tmp runs from a staged copy of what the scenarios need.
+  # under /tmp runs from a staged copy of what the scenarios and the matrix
+  # need (tests/ holds the matrix's clients; its venv is in the cache).
   vm_root=$root
   if [[ $root == /tmp/* ]]; then
     vm_root=/var/tmp/kloak-vm-stage/$(basename "$root")
@@ -95,6 +100,10 @@ if [[ " $tiers " == *" vm "* ]]; then
     (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --cpu max --timeout 900 -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel-bun.log"
     count "$logs/vm-$kernel-bun.log" "vm $kernel bun"
+    echo "== tier 3: VM, Debian $kernel kernel, client matrix"
+    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 1800 --env "KLOAK_CLIENT_VENV=$client_venv" -- \
+      sh -c "E2E_WORK=/tmp/e2e tests/e2e/matrix.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel-matrix.log"
+    count "$logs/vm-$kernel-matrix.log" "vm $kernel client matrix"
   done
 fi
 [ "$failed" -eq 0 ] || status=1

@@ -71,7 +71,7 @@ done
 "$h2client" -h2 -repeat 2 -url https://allowed.kloak.test:8443/h2 -header "$auth" &
 echo "$! h2" >> "$pids"
 wait $! || echo "h2: client failed"'
-KLOAK_RUN_TIMEOUT=600 RESOLVER=127.0.0.53 kloak_run matrix --secret "API_KEY=@$WORK/api_key" \
+RUN_TIMEOUT=600 RESOLVER=127.0.0.53 kloak_run matrix --secret "API_KEY=@$WORK/api_key" \
   --allow-host allowed.kloak.test --port 8443 --dns-server 127.0.0.53 -- \
   bash -c "$loop" loop "$WORK/pids" "$AUTH" "$GOCLIENT" "${builds[@]}"
 

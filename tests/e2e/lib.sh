@@ -1,4 +1,4 @@
-# Helpers for end-to-end scenarios; sourced by scenarios.sh and go_matrix.sh.
+# Helpers for end-to-end scenarios; sourced by scenarios.sh, go_matrix.sh, matrix.sh and bun.sh.
 # Every wait is bounded; every scenario prints PASS/FAIL lines.
 
 PASSED=0
@@ -13,9 +13,9 @@ cleanup() {
   wait 2>/dev/null || true
 }
 
-# wait_ready FILE: until a background server printed "ready" (10 s at most).
+# wait_ready FILE [SECONDS]: until a background server printed "ready" (10 s unless told).
 wait_ready() {
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 $((${2:-10} * 10))); do
     grep -q ready "$1" 2>/dev/null && return 0
     sleep 0.1
   done
@@ -23,12 +23,13 @@ wait_ready() {
   return 1
 }
 
-start_tls_server() { # ADDR RECORD_FILE [--h2]
-  : > "$2"
-  python3 "$FIXTURES/tls_server.py" --listen "$1" --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
-    --record "$2" "${@:3}" > "$2.log" 2>&1 &
+start_tls_server() { # ADDR RECORD_FILE [tls_server.py args...]
+  local addr=$1 record=$2; shift 2
+  : > "$record"
+  python3 "$FIXTURES/tls_server.py" --listen "$addr" --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
+    --record "$record" "$@" > "$record.log" 2>&1 &
   PIDS+=($!)
-  wait_ready "$2.log"
+  wait_ready "$record.log"
 }
 
 start_dns_server() { # ADDR LOG RECORD...
@@ -45,17 +46,50 @@ import base64, json, sys
 for line in open(sys.argv[1]):
     sys.stdout.buffer.write(base64.b64decode(json.loads(line)["data_b64"]) + b"\n")' "$1"; }
 
+# received_text FILE [PATH]: what the TLS server got, readable: HTTP/2 streams as their decoded
+# "name: value" lines and body. With PATH, only the requests for PATH or below it (PATH/..., PATH?...).
+received_text() { records text "$@"; }
+
+# received_meta FILE PATH: "alpn=<protocol> huffman=<names>" for each request for PATH or below it,
+# names being the headers whose value was HPACK Huffman-coded.
+received_meta() { records meta "$@"; }
+
+records() { # MODE FILE [PATH]
+  python3 -c '
+import base64, json, sys
+mode, path = sys.argv[1], sys.argv[3].encode() if len(sys.argv) > 3 else None
+
+def request_path(text):
+    lines = text.split(b"\r\n")
+    for line in lines:
+        if line.startswith(b":path: "):
+            return line[len(b":path: "):]
+    parts = lines[0].split(b" ")
+    return parts[1] if len(parts) == 3 else b""
+
+for line in open(sys.argv[2]):
+    record = json.loads(line)
+    text = base64.b64decode(record["text_b64"])
+    found = request_path(text)
+    if path is not None and not (found == path or found.startswith((path + b"/", path + b"?"))):
+        continue
+    if mode == "text":
+        sys.stdout.buffer.write(text + b"\n")
+    else:
+        print("alpn=%s huffman=%s" % (record["alpn"], ",".join(record.get("h2_huffman", []))))' "$@"
+}
+
 # kloak_run NAME [kloak args...] -- CMD: runs kloak with trace logs and a JSON
 # events file, in a private mount namespace whose /etc/resolv.conf names only
-# $RESOLVER (so clients resolve through the test DNS server), for at most $KLOAK_RUN_TIMEOUT seconds
-# (default 120).
+# $RESOLVER (so clients resolve through the test DNS server), for at most
+# $RUN_TIMEOUT seconds (120 unless set).
 kloak_run() {
   local name=$1; shift
   local conf=$WORK/resolv.$RESOLVER.conf
   printf 'nameserver %s\noptions attempts:1 timeout:2\n' "$RESOLVER" > "$conf"
   local start=$SECONDS
   KLOAK_LOG=trace unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$conf" \
-    timeout "${KLOAK_RUN_TIMEOUT:-120}" "$KLOAK" run --events "$WORK/$name.events" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log"
+    timeout "${RUN_TIMEOUT:-120}" "$KLOAK" run --events "$WORK/$name.events" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log"
   echo "ran $name in $((SECONDS - start))s"
 }
 
