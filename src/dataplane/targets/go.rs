@@ -202,7 +202,7 @@ fn utf8(bytes: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::{inspect as inspect_path, TlsTarget};
     use super::*;
     use std::path::{Path, PathBuf};
@@ -237,16 +237,16 @@ mod tests {
         assert_eq!(read_word(&[0, 0], 8, false), None);
     }
 
-    struct GoFixtures {
-        plain: PathBuf,
-        pie: PathBuf,
-        stripped: PathBuf,
+    pub(in crate::dataplane::targets) struct GoFixtures {
+        pub plain: PathBuf,
+        pub pie: PathBuf,
+        pub stripped: PathBuf,
     }
 
     /// Builds tests/e2e/goclient once per test run, under the cargo
     /// target directory (next to the test executable), in three variants.
     /// `None` when no Go toolchain is installed.
-    fn go_fixtures() -> Option<&'static GoFixtures> {
+    pub(in crate::dataplane::targets) fn go_fixtures() -> Option<&'static GoFixtures> {
         static FIXTURES: OnceLock<Option<GoFixtures>> = OnceLock::new();
         FIXTURES
             .get_or_init(|| {

@@ -14,13 +14,15 @@
 mod elf;
 mod go;
 mod procfs;
+mod runtime;
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-pub use procfs::{parse_maps, process_tls_files, MapsEntry};
+pub use procfs::{parse_maps, process_files, process_tls_files, MapsEntry, ProcessFiles};
+pub use runtime::{openssl_version, runtimes_in, FileRole, Runtime, RuntimeKind};
 
 /// A function (or data object) located in an ELF file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,13 +158,17 @@ fn inspect_bytes(path: &Path, data: &[u8]) -> Result<Option<TlsTarget>, TargetEr
         tracing::trace!(path = %path.display(), "not a 64-bit ELF executable or shared object");
         return Ok(None);
     };
-    if go::is_go(&file) {
-        if let Some(target) = go::inspect(&file)? {
+    inspect_image(&file)
+}
+
+fn inspect_image(file: &elf::ElfImage<'_>) -> Result<Option<TlsTarget>, TargetError> {
+    if go::is_go(file) {
+        if let Some(target) = go::inspect(file)? {
             return Ok(Some(TlsTarget::Go(target)));
         }
         // A Go program without crypto/tls may still call OpenSSL through cgo.
     }
-    Ok(elf::inspect_openssl(&file)?.map(TlsTarget::OpenSsl))
+    Ok(elf::inspect_openssl(file)?.map(TlsTarget::OpenSsl))
 }
 
 /// Device and inode of `path` (following symlinks, so `/proc/<pid>/exe` and
