@@ -57,6 +57,8 @@ if [[ " $tiers " == *" host "* ]]; then
   cargo test --locked --test pins --test binding -- --ignored 2>&1 | tee "$logs/host-integration.log" || status=1
   E2E_WORK=$logs/host tests/e2e/scenarios.sh --expect "$expect" 2>&1 | tee "$logs/host.log"
   count "$logs/host.log" "host $(uname -r)"
+  E2E_WORK=$logs/host-doctor tests/e2e/doctor.sh 2>&1 | tee "$logs/host-doctor.log"
+  count "$logs/host-doctor.log" "host doctor"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout

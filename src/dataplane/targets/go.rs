@@ -237,7 +237,7 @@ pub(super) mod tests {
         assert_eq!(read_word(&[0, 0], 8, false), None);
     }
 
-    pub(in crate::dataplane::targets) struct GoFixtures {
+    pub(crate) struct GoFixtures {
         pub plain: PathBuf,
         pub pie: PathBuf,
         pub stripped: PathBuf,
@@ -246,7 +246,7 @@ pub(super) mod tests {
     /// Builds tests/e2e/goclient once per test run, under the cargo
     /// target directory (next to the test executable), in three variants.
     /// `None` when no Go toolchain is installed.
-    pub(in crate::dataplane::targets) fn go_fixtures() -> Option<&'static GoFixtures> {
+    pub(crate) fn go_fixtures() -> Option<&'static GoFixtures> {
         static FIXTURES: OnceLock<Option<GoFixtures>> = OnceLock::new();
         FIXTURES
             .get_or_init(|| {

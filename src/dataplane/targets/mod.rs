@@ -22,7 +22,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use procfs::{parse_maps, process_files, process_tls_files, MapsEntry, ProcessFiles};
-pub use runtime::{openssl_version, runtimes_in, FileRole, Runtime, RuntimeKind};
+pub use runtime::{openssl_version, runtimes_in, FileRole, Runtime, RuntimeKind, RUSTLS_REASON};
+
+/// Go programs built from tests/e2e/goclient with and without symbols, for tests.
+#[cfg(test)]
+pub(crate) use go::tests::go_fixtures as go_test_binaries;
 
 /// A function (or data object) located in an ELF file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -90,7 +90,9 @@ pub const BUN_REASON: &str = "Bun links BoringSSL statically and strips its symb
 const GO_TLS_WRITE: &[u8] = b"crypto/tls.(*Conn).Write";
 /// Bun's version banner, `Bun v1.4.5`.
 const BUN_BANNER: &[u8] = b"Bun v";
-const BORINGSSL: &[u8] = b"BoringSSL";
+/// The section Bun keeps its embedded code in (also in `bun build --compile`
+/// programs): a mere mention of Bun in some string does not make a file Bun.
+const BUN_SECTION: &str = ".bun";
 /// Cargo's registry path of the crate, `rustls-0.23.12/src/...`, kept in panic
 /// locations even when symbols are stripped.
 const RUSTLS_CRATE: &[u8] = b"rustls-";
@@ -142,11 +144,11 @@ pub fn runtimes_in(path: &Path, data: &[u8], role: FileRole) -> Result<Vec<Runti
         Err(err) => return Err(err),
     }
     let has_openssl = found.iter().any(|r| r.flavour.is_some());
-    if let (false, Some(version)) = (has_openssl, bun_version(data)) {
+    if !has_openssl && file.has_section(BUN_SECTION) {
         found.push(Runtime {
             kind: RuntimeKind::Bun,
             flavour: Some(SslFlavour::BoringSsl),
-            version: Some(version),
+            version: bun_version(data),
             stripped: true,
             unhookable: Some(BUN_REASON.to_owned()),
         });
@@ -199,11 +201,8 @@ fn c_string(data: &[u8], max: usize) -> Option<&str> {
         .then_some(text)
 }
 
-/// Bun's version when `data` is Bun: its banner next to BoringSSL's name.
+/// Bun's version, from its banner.
 fn bun_version(data: &[u8]) -> Option<String> {
-    if !contains(data, BORINGSSL) {
-        return None;
-    }
     memmem::find_iter(data, BUN_BANNER).find_map(|at| {
         let version = leading(&data[at + BUN_BANNER.len()..], |b| {
             b.is_ascii_digit() || b == b'.'
@@ -267,10 +266,10 @@ mod tests {
     #[test]
     fn bun_and_rustls_markers() {
         assert_eq!(
-            bun_version(b"BoringSSL\0Bun v1.4.5 (linux)"),
+            bun_version(b"Bun vNext\0Bun v1.4.5 (Linux x64)"),
             Some("1.4.5".into())
         );
-        assert_eq!(bun_version(b"Bun v1.4.5 without the TLS library"), None);
+        assert_eq!(bun_version(b"Bun v1."), None);
         assert_eq!(
             rustls_version(b"rustls-pki-types-1.16.0/src\0rustls-0.23.46/src/conn.rs"),
             Some(Some("0.23.46".into()))
