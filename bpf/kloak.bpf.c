@@ -248,3 +248,4 @@ enum kloak_rewrite_mode kloak_rewrite_mode_ = 0;
 enum kloak_encoding kloak_encoding_ = 0;
 enum kloak_secret_flags kloak_secret_flags_ = 0;
 enum kloak_limits kloak_limits_ = 0;
+enum kloak_file_state kloak_file_state_ = 0;

@@ -92,7 +92,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, KLOAK_MAX_FILES);
 	__type(key, struct kloak_file_key);
-	__type(value, __u8);
+	__type(value, __u8);             /* enum kloak_file_state */
 } files SEC(".maps");
 
 /* Hooked binaries, indexed by the uprobe's attach cookie. */

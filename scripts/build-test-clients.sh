@@ -5,7 +5,8 @@
 #   newest Go in trixie (scripts/go-toolchain.sh), as a default executable and as PIE, with and without
 #   symbols (-ldflags=-s -w), for tests/e2e/go_matrix.sh;
 # - go/toolchains: the GOROOTs used, colon-separated (what KLOAK_GO_TOOLCHAINS wants for `cargo test`);
-# - certs/: test certificates.
+# - runtime-goclient: the keep-alive client of the runtime benchmark and the doctor scenario;
+# - certs/: test certificates;
 # - the Python client venv (scripts/client-venv.sh, in the cache directory).
 # OUTDIR must be visible inside the VM, so never under /tmp.
 set -euo pipefail
@@ -35,6 +36,10 @@ for goroot in "${goroots[@]}"; do
   done
 done
 echo "$toolchains" > "$out/go/toolchains"
+# The keep-alive client of the runtime benchmark and the doctor scenario.
+(cd "$root/benches/runtimes/goclient" &&
+  GOROOT=${goroots[0]} GOCACHE="$out/gocache" GOPATH="$out/gopath" GOFLAGS=-mod=mod CGO_ENABLED=0 \
+  GOPROXY=off GOTOOLCHAIN=local "${goroots[0]}/bin/go" build -trimpath -o "$out/runtime-goclient" .)
 "$root/tests/fixtures/gen_cert.sh" "$out/certs" allowed.kloak.test other.kloak.test short.kloak.test \
   zero.kloak.test api.wild.kloak.test api.example.test evil.example.test 127.0.0.1 127.0.0.2
 "$root/scripts/client-venv.sh" > /dev/null

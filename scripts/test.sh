@@ -76,6 +76,8 @@ if [[ " $tiers " == *" host "* ]]; then
   E2E_WORK=$logs/host-matrix KLOAK_CLIENT_VENV=$client_venv tests/e2e/matrix.sh --expect "$expect" 2>&1 |
     tee "$logs/host-matrix.log"
   count "$logs/host-matrix.log" "host $(uname -r) client matrix"
+  E2E_WORK=$logs/host-doctor tests/e2e/doctor.sh 2>&1 | tee "$logs/host-doctor.log"
+  count "$logs/host-doctor.log" "host doctor"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout

@@ -143,7 +143,9 @@ pub struct DoctorArgs {
     /// elsewhere); the BPF feature probes still test the running kernel.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
-    /// Where kloak instances pin their maps: one directory per instance, maps in `maps/`.
+    /// Where kloak instances pin their maps: one directory per instance, maps in `maps/`
+    /// (the controller's `controller`, each `kloak run`'s `run-<pid>`). DIR may also be one
+    /// instance's directory, to look at that instance alone.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/kloak")]
     pub pin_dir: PathBuf,
 }

@@ -212,6 +212,15 @@ struct kloak_tls_call {
 	__u32 pad;
 };
 
+/*
+ * What userspace found in a file (the value in `files`). The kernel only
+ * checks that an entry exists; the state is for `kloak doctor`.
+ */
+enum kloak_file_state {
+	KLOAK_FILE_INSPECTED = 1,        /* nothing hooked: no TLS, or not hookable */
+	KLOAK_FILE_HOOKED = 2,           /* uprobes attached */
+};
+
 /* An executable already inspected (hooked or not), by kernel dev_t and inode. */
 struct kloak_file_key {
 	__u64 dev;

@@ -5,7 +5,7 @@ use std::path::Path;
 use tracing::{debug, warn};
 
 use super::loader::DataPlane;
-use super::maps::inspected_file;
+use super::maps::{file_record, FileState};
 use super::targets::{self, file_id, FileId};
 
 /// A file looked at: its identity and the probes now attached to it (0 when
@@ -26,36 +26,41 @@ pub async fn hook_file(dataplane: &DataPlane, path: &Path) -> Option<Hooked> {
             return None;
         }
     };
+    // `Ok(0)` is hooked too: the probes were already attached (or adopted from pins).
     let attached = match targets::inspect(path) {
         Ok(Some(target)) => {
             let kind = target.kind();
             match dataplane.attach_target(path, id, target).await {
-                Ok(probes) => probes,
+                Ok(probes) => Some(probes),
                 Err(err) => {
                     warn!(path = %path.display(), kind, %err, "cannot hook");
-                    0
+                    None
                 }
             }
         }
         Ok(None) => {
             debug!(path = %path.display(), "no TLS to hook");
-            0
+            None
         }
         Err(err) if err.is_unsupported() => {
             warn!(%err, "not hooked");
-            0
+            None
         }
         Err(err) => {
             warn!(%err, "cannot inspect");
-            0
+            None
         }
     };
-    if let Err(err) = dataplane.apply(vec![inspected_file(id)]).await {
+    let state = match attached {
+        Some(_) => FileState::Hooked,
+        None => FileState::Inspected,
+    };
+    if let Err(err) = dataplane.apply(vec![file_record(id, state)]).await {
         warn!(path = %path.display(), %err, "cannot record the file as inspected");
     }
     Some(Hooked {
         file: id,
-        probes: attached,
+        probes: attached.unwrap_or(0),
     })
 }
 

@@ -22,7 +22,7 @@ use tracing::{debug, info, trace, warn};
 use zeroize::Zeroizing;
 
 use super::events::{Event, EventKind};
-use super::maps::{MapName, MapOp, Records};
+use super::maps::{file_forget, MapName, MapOp, Records};
 use super::skel::bytes_of;
 use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
 use super::skel::types::{kloak_counter, kloak_rewrite_mode, kloak_target};
@@ -198,7 +198,8 @@ impl DataPlane {
         self.call(|reply| Command::Snapshot(maps, reply)).await
     }
 
-    /// Removes every probe on one file (and its pins); returns how many.
+    /// Removes every probe on one file (and its pins) and forgets it was inspected;
+    /// returns how many probes.
     pub async fn detach_file(&self, id: FileId) -> Result<usize, LoaderError> {
         self.call(|reply| Command::DetachFile(id, reply)).await
     }
@@ -482,7 +483,9 @@ impl Loaded<'_> {
                 let _ = reply.send(self.attach_target(&path, id, &target));
             }
             Command::DetachFile(id, reply) => {
-                let _ = reply.send(Ok(self.links.drop_file(id)));
+                let detached = self.links.drop_file(id);
+                // Still marked inspected, its next exec would run unhooked.
+                let _ = reply.send(self.apply(vec![file_forget(id)]).map(|()| detached));
             }
             Command::Counters(reply) => {
                 let _ = reply.send(self.counters());

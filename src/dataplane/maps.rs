@@ -13,8 +13,9 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::skel::bytes_of;
 use super::skel::types::{
-    kloak_binding_key, kloak_file_key, kloak_name, kloak_name_key, kloak_resolver_key,
-    kloak_secret, kloak_secret_flags, kloak_secret_key, kloak_verified, kloak_verified_key,
+    kloak_binding_key, kloak_file_key, kloak_file_state, kloak_name, kloak_name_key,
+    kloak_resolver_key, kloak_secret, kloak_secret_flags, kloak_secret_key, kloak_verified,
+    kloak_verified_key,
 };
 use super::targets::FileId;
 use crate::placeholder::{lookup_key, Placeholder, SecretValue};
@@ -289,19 +290,59 @@ fn host_records(
     Ok(())
 }
 
-/// Marks an executable as inspected, so its next exec is not held. The
-/// kernel keys it by its own dev_t encoding (major << 20 | minor).
-pub fn inspected_file(id: FileId) -> MapOp {
+/// What userspace found in a file, as recorded in the `files` map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    /// Looked at, nothing attached (no TLS, not hookable, or attaching failed).
+    Inspected,
+    /// Uprobes attached.
+    Hooked,
+}
+
+impl FileState {
+    fn raw(self) -> u8 {
+        let state = match self {
+            Self::Inspected => kloak_file_state::KLOAK_FILE_INSPECTED,
+            Self::Hooked => kloak_file_state::KLOAK_FILE_HOOKED,
+        };
+        state.0 as u8
+    }
+
+    /// The state a `files` value records; `None` for values this build does not know.
+    pub fn from_raw(raw: u8) -> Option<Self> {
+        [Self::Inspected, Self::Hooked]
+            .into_iter()
+            .find(|state| state.raw() == raw)
+    }
+}
+
+/// The `files` key of a file. The kernel keys files by its own dev_t
+/// encoding (major << 20 | minor), not the one `stat` returns.
+pub fn file_key(id: FileId) -> Vec<u8> {
     let major = libc::major(id.dev) as u64;
     let minor = libc::minor(id.dev) as u64;
     let key = kloak_file_key {
         dev: (major << 20) | minor,
         ino: id.ino,
     };
+    bytes_of(&key).to_vec()
+}
+
+/// Records a file as inspected, so its next exec is not held, and whether it is hooked.
+pub fn file_record(id: FileId, state: FileState) -> MapOp {
     MapOp {
         map: MapName::Files,
-        key: bytes_of(&key).to_vec(),
-        value: Some(Zeroizing::new(vec![1])),
+        key: file_key(id),
+        value: Some(Zeroizing::new(vec![state.raw()])),
+    }
+}
+
+/// Forgets a file whose probes were detached: its next exec is held and hooked again.
+pub fn file_forget(id: FileId) -> MapOp {
+    MapOp {
+        map: MapName::Files,
+        key: file_key(id),
+        value: None,
     }
 }
 
@@ -420,6 +461,34 @@ mod tests {
             s.records().err(),
             Some(MapError::KeyCollision { a: 1, b: 2 })
         );
+    }
+
+    #[test]
+    fn file_records_say_whether_the_file_is_hooked() {
+        // st_dev 8:1 (glibc encoding) is 8 << 20 | 1 in the kernel's.
+        let id = FileId {
+            dev: libc::makedev(8, 1),
+            ino: 42,
+        };
+        let op = file_record(id, FileState::Hooked);
+        assert_eq!(op.map, MapName::Files);
+        let mut want = ((8u64 << 20) | 1).to_ne_bytes().to_vec();
+        want.extend_from_slice(&42u64.to_ne_bytes());
+        assert_eq!(op.key, want);
+        let value = op.value.expect("a value");
+        assert_eq!(FileState::from_raw(value[0]), Some(FileState::Hooked));
+        let value = file_record(id, FileState::Inspected)
+            .value
+            .expect("a value");
+        assert_eq!(FileState::from_raw(value[0]), Some(FileState::Inspected));
+        assert_ne!(
+            value[0], 0,
+            "the kernel tells entries apart by presence only"
+        );
+        assert_eq!(FileState::from_raw(0), None);
+        let forget = file_forget(id);
+        assert_eq!(forget.key, want);
+        assert!(forget.value.is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::path::Path;
 use libbpf_rs::MapType;
 use serde::Serialize;
 
+use self::containers::Container;
 use crate::cli::DoctorArgs;
 use crate::dataplane::probes::{self, KernelFeatures};
 
@@ -68,6 +69,9 @@ pub struct Report {
     /// Kept whole: scripts grep `"write_user": true` out of the JSON.
     pub features: KernelFeatures,
     pub checks: Vec<Check>,
+    /// Enabled cgroups and Kubernetes containers with live processes: their TLS
+    /// runtimes and whether each is hooked.
+    pub containers: Vec<Container>,
 }
 
 fn check(name: &str, ok: bool, detail: String, remedy: &str) -> Check {
@@ -173,16 +177,21 @@ pub fn checks(features: &KernelFeatures, ringbuf: bool) -> Vec<Check> {
     ]
 }
 
-/// Every file-based check, relative to `root` (pure apart from reading files and maps).
-fn node_checks(root: &Path, pin_dir: &Path) -> Vec<Check> {
+/// Every file-based check, relative to `root` (pure apart from reading files and maps),
+/// and the containers they looked at.
+fn node_checks(root: &Path, pin_dir: &Path) -> (Vec<Check>, Vec<Container>) {
     let mut checks = vec![host::lockdown(root)];
     checks.extend(host::tracing(root));
     checks.extend(host::cgroups(root));
     checks.push(host::capabilities(root));
     checks.push(host::dns(root));
-    checks.extend(containers::tls_targets(root));
+    let (instances, unreadable) = pins::instances(pin_dir);
+    checks.extend(unreadable);
+    let (found, uninspectable) = containers::containers(root, &instances);
+    checks.extend(containers::container_checks(&found));
+    checks.extend(uninspectable);
     checks.extend(pins::pinned(pin_dir));
-    checks
+    (checks, found)
 }
 
 /// A failure anywhere means placeholders would go out unchanged: every fail verdict is
@@ -221,6 +230,37 @@ fn table(report: &Report) -> String {
             let _ = writeln!(out, "  {:<7} {:<width$} remedy: {remedy}", "", "");
         }
     }
+    for c in &report.containers {
+        let owner = c
+            .enabled_by
+            .as_deref()
+            .map_or_else(|| "not enabled".to_owned(), |i| format!("enabled by {i}"));
+        let pids: Vec<String> = c.pids.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "container {} (cgroup id {}, {owner}) pids {}",
+            c.cgroup,
+            c.cgroup_id,
+            pids.join(" ")
+        );
+        for r in &c.runtimes {
+            let status = match (r.hooked, &r.reason) {
+                (true, _) => "hooked".to_owned(),
+                (false, Some(reason)) => format!("not hooked: {reason}"),
+                (false, None) => "not hooked".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {} [{}] {} (dev {}:{} ino {}) {status}",
+                r.runtime,
+                r.programs.join(","),
+                r.file,
+                libc::major(r.dev),
+                libc::minor(r.dev),
+                r.ino
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "verdict: {}",
@@ -249,12 +289,14 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<u8> {
     // An error means the probe itself was refused (no CAP_BPF): the capabilities line says why.
     let ringbuf = MapType::RingBuf.is_supported().unwrap_or(false);
     let mut checks = checks(&features, ringbuf);
-    checks.extend(node_checks(&args.root, &args.pin_dir));
+    let (node, containers) = node_checks(&args.root, &args.pin_dir);
+    checks.extend(node);
     let report = Report {
         kernel: features.kernel.clone(),
         can_rewrite: can_rewrite(&checks),
         features,
         checks,
+        containers,
     };
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
@@ -351,7 +393,7 @@ mod tests {
     fn healthy_fixture_root_can_rewrite() {
         let root = tempfile::tempdir().expect("tempdir");
         healthy_root(root.path());
-        let checks = node_checks(root.path(), &root.path().join("no-pins"));
+        let (checks, _) = node_checks(root.path(), &root.path().join("no-pins"));
         assert!(
             checks.iter().all(|c| c.verdict == Verdict::Ok),
             "{checks:#?}"
@@ -368,7 +410,7 @@ mod tests {
             "sys/kernel/security/lockdown",
             "none [integrity] confidentiality\n",
         );
-        let checks = node_checks(root.path(), &root.path().join("no-pins"));
+        let (checks, _) = node_checks(root.path(), &root.path().join("no-pins"));
         let failed: Vec<&str> = checks
             .iter()
             .filter(|c| c.verdict == Verdict::Fail)
@@ -383,7 +425,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         healthy_root(root.path());
         write(root.path(), "etc/resolv.conf", "");
-        let checks = node_checks(root.path(), &root.path().join("no-pins"));
+        let (checks, _) = node_checks(root.path(), &root.path().join("no-pins"));
         assert!(checks.iter().any(|c| c.verdict == Verdict::Warn));
         assert!(can_rewrite(&checks));
     }
@@ -395,6 +437,7 @@ mod tests {
             can_rewrite: true,
             features: features(),
             checks: checks(&features(), true),
+            containers: Vec::new(),
         };
         let json = serde_json::to_string_pretty(&report).expect("serializable");
         assert!(json.contains("\"write_user\": true"));
@@ -412,6 +455,7 @@ mod tests {
             can_rewrite: can_rewrite(&checks),
             features: f,
             checks,
+            containers: Vec::new(),
         };
         let text = table(&report);
         // scripts/demo.sh greps the lockdown mode out of the table.

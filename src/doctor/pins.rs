@@ -1,13 +1,16 @@
 //! Pinned kloak maps: how full each one is, and what the counters say about recent
 //! decisions (rewritten, blocked and why).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::{Check, Verdict};
 use crate::dataplane::events::Reason;
+use crate::dataplane::maps::{file_key, FileState};
+use crate::dataplane::targets::FileId;
 
 /// `KLOAK_CTR_REWRITTEN` in bpf/include/kloak.h.
 const CTR_REWRITTEN: u32 = 6;
@@ -124,26 +127,92 @@ pub fn decisions_check(instance: &str, counters: &[u64]) -> Check {
     }
 }
 
-/// One line per hash map of every instance under `pin_root`, plus its decisions.
-pub fn pinned(pin_root: &Path) -> Vec<Check> {
-    let Ok(entries) = fs::read_dir(pin_root) else {
-        return vec![Check::ok(
-            "pinned maps",
-            format!("none under {} (kloak not running here)", pin_root.display()),
-        )];
+/// The instance directories `pin_dir` names: itself when it is one instance's
+/// directory (`maps/` inside), else each subdirectory that is one, by name.
+pub fn instance_dirs(pin_dir: &Path) -> Vec<(String, PathBuf)> {
+    let name_of = |dir: &Path| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     };
-    let mut instances: Vec<_> = entries
+    if pin_dir.join("maps").is_dir() {
+        return vec![(name_of(pin_dir), pin_dir.to_path_buf())];
+    }
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<(String, PathBuf)> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.join("maps").is_dir())
+        .map(|p| (name_of(&p), p))
         .collect();
-    instances.sort();
+    dirs.sort();
+    dirs
+}
+
+/// What one running kloak instance protects and has hooked, from its pinned maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceState {
+    pub name: String,
+    /// Enabled cgroup ids (the `cgroups` map).
+    pub cgroups: BTreeSet<u64>,
+    /// The `files` map: [`file_key`] bytes to what the instance found.
+    pub files: BTreeMap<Vec<u8>, FileState>,
+}
+
+impl InstanceState {
+    pub fn file(&self, id: FileId) -> Option<FileState> {
+        self.files.get(&file_key(id)).copied()
+    }
+}
+
+fn read_instance(name: &str, maps_dir: &Path) -> Result<InstanceState, libbpf_rs::Error> {
+    let cgroups = MapHandle::from_pinned_path(maps_dir.join("cgroups"))?;
+    let files = MapHandle::from_pinned_path(maps_dir.join("files"))?;
+    let mut state = InstanceState {
+        name: name.to_owned(),
+        ..Default::default()
+    };
+    state.cgroups = cgroups
+        .keys()
+        .filter_map(|key| Some(u64::from_ne_bytes(key.as_slice().try_into().ok()?)))
+        .collect();
+    for key in files.keys() {
+        // Entries evicted or deleted between listing and lookup are simply gone.
+        let value = files.lookup(&key, MapFlags::ANY)?;
+        if let Some(state_now) = value
+            .and_then(|v| v.first().copied())
+            .and_then(FileState::from_raw)
+        {
+            state.files.insert(key, state_now);
+        }
+    }
+    Ok(state)
+}
+
+/// Every instance under `pin_dir` with what it protects; an instance whose maps
+/// cannot be read becomes a warning instead.
+pub fn instances(pin_dir: &Path) -> (Vec<InstanceState>, Vec<Check>) {
+    let mut states = Vec::new();
+    let mut problems = Vec::new();
+    for (name, dir) in instance_dirs(pin_dir) {
+        match read_instance(&name, &dir.join("maps")) {
+            Ok(state) => states.push(state),
+            Err(err) => problems.push(Check::warn(
+                format!("containers of {name}"),
+                format!("cannot read its cgroups and files maps: {err}"),
+                "run kloak doctor as root (CAP_BPF)",
+            )),
+        }
+    }
+    (states, problems)
+}
+
+/// One line per hash map of every instance under `pin_dir`, plus its decisions.
+pub fn pinned(pin_dir: &Path) -> Vec<Check> {
     let mut checks = Vec::new();
-    for dir in instances {
-        let instance = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    for (instance, dir) in instance_dirs(pin_dir) {
         let maps_dir = dir.join("maps");
         let mut names: Vec<String> = fs::read_dir(&maps_dir)
             .map(|it| {
@@ -170,7 +239,10 @@ pub fn pinned(pin_root: &Path) -> Vec<Check> {
     if checks.is_empty() {
         checks.push(Check::ok(
             "pinned maps",
-            format!("no instance under {}", pin_root.display()),
+            format!(
+                "no instance under {} (kloak not running here)",
+                pin_dir.display()
+            ),
         ));
     }
     checks
@@ -216,5 +288,22 @@ mod tests {
         assert_eq!(checks[0].verdict, Verdict::Ok);
         let checks = pinned(root.path());
         assert_eq!(checks[0].verdict, Verdict::Ok);
+        let (states, problems) = instances(root.path());
+        assert!(states.is_empty() && problems.is_empty());
+    }
+
+    #[test]
+    fn pin_dir_is_a_root_of_instances_or_one_instance() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for dir in ["controller/maps", "run-42/maps", "stray/links"] {
+            fs::create_dir_all(root.path().join(dir)).expect("mkdir");
+        }
+        let names: Vec<String> = instance_dirs(root.path())
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["controller", "run-42"]);
+        let one = instance_dirs(&root.path().join("run-42"));
+        assert_eq!(one, [("run-42".to_owned(), root.path().join("run-42"))]);
     }
 }

@@ -78,6 +78,14 @@ impl<'data> ElfImage<'data> {
         self.elf.endian() == Endianness::Big
     }
 
+    pub fn has_symtab(&self) -> bool {
+        !self.elf.elf_symbol_table().is_empty()
+    }
+
+    pub fn has_section(&self, name: &str) -> bool {
+        self.elf.section_by_name(name).is_some()
+    }
+
     pub fn section_data(&self, name: &str) -> Option<&'data [u8]> {
         self.elf.section_by_name(name)?.data().ok()
     }

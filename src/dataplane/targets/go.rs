@@ -227,7 +227,7 @@ fn utf8(bytes: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::gopclntab::PclntabVersion;
     use super::super::{inspect as inspect_path, TlsTarget};
     use super::*;
@@ -264,11 +264,11 @@ mod tests {
     }
 
     /// One build of tests/e2e/goclient.
-    struct GoBuild {
-        go_version: String,
-        pie: bool,
-        stripped: bool,
-        path: PathBuf,
+    pub(crate) struct GoBuild {
+        pub go_version: String,
+        pub pie: bool,
+        pub stripped: bool,
+        pub path: PathBuf,
     }
 
     impl GoBuild {
@@ -293,7 +293,7 @@ mod tests {
     /// a default executable and as PIE, with and without symbols, once per
     /// test run under the cargo target directory. `None` only when the
     /// variable says `none`; unset or a broken toolchain fails the test.
-    fn go_builds() -> Option<&'static [GoBuild]> {
+    pub(crate) fn go_builds() -> Option<&'static [GoBuild]> {
         static BUILDS: OnceLock<Option<Vec<GoBuild>>> = OnceLock::new();
         BUILDS
             .get_or_init(|| {

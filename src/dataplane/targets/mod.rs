@@ -20,6 +20,7 @@ mod flow;
 mod go;
 mod gopclntab;
 mod procfs;
+mod runtime;
 
 use std::fs;
 use std::io;
@@ -28,7 +29,12 @@ use std::path::{Path, PathBuf};
 
 pub use bun::BunMiss;
 pub use gopclntab::PclntabError;
-pub use procfs::{parse_maps, process_tls_files, MapsEntry};
+pub use procfs::{parse_maps, process_files, process_tls_files, MapsEntry, ProcessFiles};
+pub use runtime::{openssl_version, runtimes_in, FileRole, Runtime, RuntimeKind, RUSTLS_REASON};
+
+/// Go programs built from tests/e2e/goclient, for tests.
+#[cfg(test)]
+pub(crate) use go::tests::go_builds as go_test_binaries;
 
 /// A function (or data object) located in an ELF file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -198,17 +204,21 @@ fn inspect_bytes(path: &Path, data: &[u8]) -> Result<Option<TlsTarget>, TargetEr
         tracing::trace!(path = %path.display(), "not a 64-bit ELF executable or shared object");
         return Ok(None);
     };
-    if go::is_go(&file) {
-        if let Some(target) = go::inspect(&file)? {
+    inspect_image(&file)
+}
+
+fn inspect_image(file: &elf::ElfImage<'_>) -> Result<Option<TlsTarget>, TargetError> {
+    if go::is_go(file) {
+        if let Some(target) = go::inspect(file)? {
             return Ok(Some(TlsTarget::Go(target)));
         }
         // A Go program without crypto/tls may still call OpenSSL through cgo.
     }
-    if let Some(target) = elf::inspect_openssl(&file)? {
+    if let Some(target) = elf::inspect_openssl(file)? {
         return Ok(Some(TlsTarget::OpenSsl(target)));
     }
-    match bun::version(&file) {
-        Some(version) => bun::inspect(&file, &version).map(|t| Some(TlsTarget::OpenSsl(t))),
+    match bun::version(file) {
+        Some(version) => bun::inspect(file, &version).map(|t| Some(TlsTarget::OpenSsl(t))),
         None => Ok(None),
     }
 }

@@ -85,19 +85,47 @@ fn parse_maps_line(line: &str) -> Option<MapsEntry> {
     })
 }
 
-/// Files process `pid` may run TLS code from: its executable (Go, or OpenSSL
-/// linked statically) and every mapped file whose name contains `libssl`.
-/// Each path is openable from the host even when the process lives in
-/// another mount namespace: `<proc_root>/<pid>/root/<path>`, or a
-/// `/proc` magic link when the file was deleted. Callers `inspect` each one
-/// and deduplicate by [`super::file_id`].
-///
-/// A process without an executable (kernel thread) yields only its maps; a
-/// process that exited yields [`TargetError::Proc`].
+/// The files of a process that matter for TLS, as paths the host can open
+/// even when the process lives in another mount namespace:
+/// `<proc_root>/<pid>/root/<path>`, or a `/proc` magic link when the file
+/// was deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessFiles {
+    /// Its executable (Go, or OpenSSL linked statically); `None` for kernel threads.
+    pub exe: Option<PathBuf>,
+    /// Executable mappings of files named `libssl*`.
+    pub libssl: Vec<PathBuf>,
+    /// Executable mappings of files named `libcrypto*`: a shared OpenSSL keeps
+    /// its version text there, not in libssl.
+    pub libcrypto: Vec<PathBuf>,
+}
+
+impl ProcessFiles {
+    /// Files the process may run TLS code from: the executable, then each libssl.
+    pub fn tls_files(self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.exe.into_iter().collect();
+        for path in self.libssl {
+            if !files.contains(&path) {
+                files.push(path);
+            }
+        }
+        files
+    }
+}
+
+/// Files process `pid` may run TLS code from (see [`ProcessFiles::tls_files`]).
+/// Callers `inspect` each one and deduplicate by [`super::file_id`].
 pub fn process_tls_files(proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>, TargetError> {
+    Ok(process_files(proc_root, pid)?.tls_files())
+}
+
+/// The executable and TLS libraries of process `pid`. A process without an
+/// executable (kernel thread) yields only its maps; a process that exited
+/// yields [`TargetError::Proc`].
+pub fn process_files(proc_root: &Path, pid: u32) -> Result<ProcessFiles, TargetError> {
     let pid_dir = proc_root.join(pid.to_string());
     let proc_err = |path: PathBuf| move |source: io::Error| TargetError::Proc { path, source };
-    let mut files = Vec::new();
+    let mut files = ProcessFiles::default();
 
     let exe_link = pid_dir.join("exe");
     match std::fs::read_link(&exe_link) {
@@ -107,7 +135,7 @@ pub fn process_tls_files(proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>, Tar
                 Some(_) => None,
                 None => in_root(&pid_dir, &target),
             };
-            files.push(path.unwrap_or(exe_link));
+            files.exe = Some(path.unwrap_or(exe_link));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(proc_err(exe_link)(e)),
@@ -124,9 +152,16 @@ pub fn process_tls_files(proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>, Tar
         // Only executable mappings can run SSL_write; this also skips data
         // files (a memfd cache, say) that merely carry "libssl" in the name.
         let executable = entry.perms.contains('x');
-        if !executable || !entry.is_file_backed() || seen.contains(&name) || !is_libssl(name) {
+        if !executable || !entry.is_file_backed() || seen.contains(&name) {
             continue;
         }
+        let list = if has_basename_part(name, "libssl") {
+            &mut files.libssl
+        } else if has_basename_part(name, "libcrypto") {
+            &mut files.libcrypto
+        } else {
+            continue;
+        };
         seen.push(name);
         let path = if entry.deleted {
             None
@@ -139,17 +174,17 @@ pub fn process_tls_files(proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>, Tar
                 .join("map_files")
                 .join(format!("{:x}-{:x}", entry.start, entry.end))
         });
-        if !files.contains(&path) {
-            files.push(path);
+        if !list.contains(&path) {
+            list.push(path);
         }
     }
     Ok(files)
 }
 
-fn is_libssl(path: &str) -> bool {
+fn has_basename_part(path: &str, part: &str) -> bool {
     path.rsplit('/')
         .next()
-        .is_some_and(|base| base.contains("libssl"))
+        .is_some_and(|base| base.contains(part))
 }
 
 /// `<pid_dir>/root/<path>` when `path` is absolute and exists there. The
@@ -304,9 +339,41 @@ not a maps line
     }
 
     #[test]
-    fn libssl_matches_basename_only() {
-        assert!(is_libssl("/usr/lib/libssl.so.3"));
-        assert!(is_libssl("/lib/libssl.so.1.1"));
-        assert!(!is_libssl("/opt/libssl-build/libcrypto.so.3"));
+    fn libraries_match_basename_only() {
+        assert!(has_basename_part("/usr/lib/libssl.so.3", "libssl"));
+        assert!(has_basename_part("/lib/libssl.so.1.1", "libssl"));
+        assert!(!has_basename_part(
+            "/opt/libssl-build/libcrypto.so.3",
+            "libssl"
+        ));
+        assert!(has_basename_part(
+            "/opt/libssl-build/libcrypto.so.3",
+            "libcrypto"
+        ));
+    }
+
+    #[test]
+    fn libcrypto_is_listed_apart_from_tls_files() {
+        let maps = format!(
+            "{MAPS}7f1c2b000000-7f1c2b100000 r-xp 00000000 fd:01 1837712                    /usr/lib/x86_64-linux-gnu/libcrypto.so.3\n"
+        );
+        let tmp = fake_proc(Some("/usr/bin/curl"), &maps);
+        std::fs::write(
+            tmp.path()
+                .join("rootfs/usr/lib/x86_64-linux-gnu/libcrypto.so.3"),
+            b"lib",
+        )
+        .unwrap();
+        let proc_root = tmp.path().join("proc");
+        let files = process_files(&proc_root, 42).unwrap();
+        assert_eq!(
+            files.libcrypto,
+            vec![proc_root.join("42/root/usr/lib/x86_64-linux-gnu/libcrypto.so.3")]
+        );
+        assert_eq!(files.libssl.len(), 2);
+        assert!(!files
+            .tls_files()
+            .iter()
+            .any(|p| p.ends_with("libcrypto.so.3")));
     }
 }

@@ -1,0 +1,3 @@
+module kloak.bench/goclient
+
+go 1.19
