@@ -98,6 +98,8 @@ pub struct GoTarget {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+// One value per inspected file, short-lived: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum TlsTarget {
     OpenSsl(OpenSslTarget),
     Go(GoTarget),
