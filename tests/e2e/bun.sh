@@ -12,26 +12,12 @@
 # "N passed, N failed".
 set -uo pipefail
 
-EXPECT=
-while [ $# -gt 0 ]; do
-  case $1 in
-    --expect) EXPECT=$2; shift 2 ;;
-    *) echo "usage: $0 --expect rewrite|observe" >&2; exit 2 ;;
-  esac
-done
-case $EXPECT in rewrite|observe) ;; *) echo "usage: $0 --expect rewrite|observe" >&2; exit 2 ;; esac
-
 E2E=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$E2E/../.." && pwd)
-FIXTURES=$ROOT/tests/fixtures
-KLOAK=${KLOAK:-$ROOT/target/debug/kloak}
-CLIENTS=${CLIENTS:-$ROOT/target/e2e}
-CERTS=$CLIENTS/certs
-BUN=${BUN:-${KLOAK_CACHE:-/var/cache/kloak}/bun/1.4.5/x64-baseline/bun}
-WORK=${E2E_WORK:-$(mktemp -d /tmp/kloak-e2e-bun.XXXXXX)}
-mkdir -p "$WORK"
 # shellcheck source=tests/e2e/lib.sh
 . "$E2E/lib.sh"
+parse_expect "$@"
+e2e_paths kloak-e2e-bun
+BUN=${BUN:-${KLOAK_CACHE:-/var/cache/kloak}/bun/1.4.5/x64-baseline/bun}
 trap cleanup EXIT
 
 for need in "$KLOAK" "$CERTS/server.pem" "$BUN"; do

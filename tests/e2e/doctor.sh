@@ -9,16 +9,10 @@
 # Prints PASS/FAIL per check and ends with "N passed, N failed".
 set -uo pipefail
 E2E=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$E2E/../.." && pwd)
-FIXTURES=$ROOT/tests/fixtures
-KLOAK=${KLOAK:-$ROOT/target/debug/kloak}
-CLIENTS=${CLIENTS:-$ROOT/target/e2e}
-CERTS=$CLIENTS/certs
-BENCH_CLIENTS=$ROOT/benches/runtimes
-WORK=${E2E_WORK:-$(mktemp -d /tmp/kloak-doctor.XXXXXX)}
-mkdir -p "$WORK"
 # shellcheck source=tests/e2e/lib.sh
 . "$E2E/lib.sh"
+e2e_paths kloak-doctor
+BENCH_CLIENTS=$ROOT/benches/runtimes
 trap cleanup EXIT
 
 for need in "$KLOAK" "$CLIENTS/runtime-goclient" "$CERTS/ca.pem"; do

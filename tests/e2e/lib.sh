@@ -1,6 +1,30 @@
 # Helpers for end-to-end scenarios; sourced by scenarios.sh, go_matrix.sh, matrix.sh and bun.sh.
 # Every wait is bounded; every scenario prints PASS/FAIL lines.
 
+# parse_expect ARGS...: the `--expect rewrite|observe` every scenario file takes, into EXPECT.
+parse_expect() {
+  EXPECT=
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --expect) EXPECT=${2:-}; shift 2 || break ;;
+      *) echo "usage: $0 --expect rewrite|observe" >&2; exit 2 ;;
+    esac
+  done
+  case $EXPECT in rewrite|observe) ;; *) echo "usage: $0 --expect rewrite|observe" >&2; exit 2 ;; esac
+}
+
+# e2e_paths PREFIX: where a scenario file (in $E2E) finds kloak, the clients and fixtures, and its
+# work directory ($E2E_WORK, or a new one under /tmp named after PREFIX).
+e2e_paths() {
+  ROOT=$(cd "$E2E/../.." && pwd)
+  FIXTURES=$ROOT/tests/fixtures
+  KLOAK=${KLOAK:-$ROOT/target/debug/kloak}
+  CLIENTS=${CLIENTS:-$ROOT/target/e2e}
+  CERTS=$CLIENTS/certs
+  WORK=${E2E_WORK:-$(mktemp -d "/tmp/$1.XXXXXX")}
+  mkdir -p "$WORK"
+}
+
 PASSED=0
 FAILED=0
 PIDS=()

@@ -16,27 +16,13 @@
 # /<name>, which is how checks find its requests and events.
 set -uo pipefail
 
-EXPECT=
-while [ $# -gt 0 ]; do
-  case $1 in
-    --expect) EXPECT=${2:-}; shift 2 || break ;;
-    *) echo "usage: $0 --expect rewrite|observe" >&2; exit 2 ;;
-  esac
-done
-case $EXPECT in rewrite|observe) ;; *) echo "usage: $0 --expect rewrite|observe" >&2; exit 2 ;; esac
-
 E2E=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$E2E/../.." && pwd)
-FIXTURES=$ROOT/tests/fixtures
-CLIENT_DIR=$E2E/clients
-KLOAK=${KLOAK:-$ROOT/target/debug/kloak}
-CLIENTS=${CLIENTS:-$ROOT/target/e2e}
-CERTS=$CLIENTS/certs
-VENV=${KLOAK_CLIENT_VENV:-${KLOAK_CACHE:-/var/cache/kloak}/venv-clients}
-WORK=${E2E_WORK:-$(mktemp -d /tmp/kloak-matrix.XXXXXX)}
-mkdir -p "$WORK"
 # shellcheck source=tests/e2e/lib.sh
 . "$E2E/lib.sh"
+parse_expect "$@"
+e2e_paths kloak-matrix
+CLIENT_DIR=$E2E/clients
+VENV=${KLOAK_CLIENT_VENV:-${KLOAK_CACHE:-/var/cache/kloak}/venv-clients}
 trap cleanup EXIT
 
 PG_PORT=15432  # not 5432: a distribution's own cluster may hold that one

@@ -267,6 +267,19 @@ mod tests {
         BTreeSet::from([FILE])
     }
 
+    /// Walks `bytes` (at BASE) followed by `call 0x3000` (the error report) and `ret`.
+    fn walk_calling_report(mut bytes: Vec<u8>) -> Walk {
+        let call_at = BASE + bytes.len() as u64;
+        bytes.push(0xe8);
+        bytes.extend_from_slice(&((0x3000i64 - (call_at as i64 + 5)) as i32).to_le_bytes());
+        bytes.push(0xc3);
+        let code = CodeRegion {
+            vaddr: BASE,
+            bytes: &bytes,
+        };
+        walk(code, BASE, &files()).unwrap()
+    }
+
     /// A BoringSSL-style function: `if (rdi == 0) { OPENSSL_PUT_ERROR(SSL,
     /// 0xe2); return -1; } f(); return 0;`, with the error block placed after
     /// the return and the report made by a shared call.
@@ -335,15 +348,7 @@ mod tests {
         let mut bytes = vec![0xba, 0xe2, 0, 0, 0, 0xeb, 0x01, 0xcc, 0xb9];
         bytes.extend_from_slice(&(FILE as u32).to_le_bytes());
         bytes.extend_from_slice(&[0xbf, 0x10, 0, 0, 0]);
-        let call_at = BASE + bytes.len() as u64;
-        bytes.push(0xe8);
-        bytes.extend_from_slice(&((0x3000i64 - (call_at as i64 + 5)) as i32).to_le_bytes());
-        bytes.push(0xc3);
-        let code = CodeRegion {
-            vaddr: BASE,
-            bytes: &bytes,
-        };
-        let walk = walk(code, BASE, &files()).unwrap();
+        let walk = walk_calling_report(bytes);
         assert_eq!(walk.errors.len(), 1);
         assert_eq!(walk.errors[0].library, Some(ERR_LIB_SSL));
         assert_eq!(walk.errors[0].reason, None);
@@ -357,15 +362,7 @@ mod tests {
         let mut bytes = vec![0x48, 0x8d, 0x15];
         bytes.extend_from_slice(&d.to_le_bytes());
         bytes.extend_from_slice(&[0xbf, 0x10, 0, 0, 0, 0xbe, 0x86, 0, 0, 0]);
-        let call_at = BASE + bytes.len() as u64;
-        bytes.push(0xe8);
-        bytes.extend_from_slice(&((0x3000i64 - (call_at as i64 + 5)) as i32).to_le_bytes());
-        bytes.push(0xc3);
-        let code = CodeRegion {
-            vaddr: BASE,
-            bytes: &bytes,
-        };
-        let walk = walk(code, BASE, &files()).unwrap();
+        let walk = walk_calling_report(bytes);
         assert_eq!(walk.reasons(ERR_LIB_SSL), Some(BTreeSet::from([0x86])));
     }
 
