@@ -401,14 +401,7 @@ static __always_inline void handle_huff_candidate(struct write_ctx *c, __u32 p, 
 		blocked_as(c, KLOAK_REASON_WRITE_REFUSED, secret, p, KLOAK_ENC_HPACK_HUFFMAN);
 		return;
 	}
-	n = list->count;
-	if (n < KLOAK_MAX_MATCHES) {
-		list->entries[n].addr = addr;
-		list->entries[n].key = key;
-		list->entries[n].encoding = KLOAK_ENC_HPACK_HUFFMAN;
-		list->entries[n].shift = shift;
-		list->count = n + 1;
-	}
+	remember_rewrite(list, addr, &key, KLOAK_ENC_HPACK_HUFFMAN, shift);
 	count(KLOAK_CTR_REWRITTEN);
 	tls_event(c, KLOAK_EVENT_TLS_REWRITTEN, KLOAK_REASON_NONE, secret, p, KLOAK_ENC_HPACK_HUFFMAN);
 }

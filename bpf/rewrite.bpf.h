@@ -326,6 +326,24 @@ static __always_inline struct kloak_restore *restore_list(struct write_ctx *c)
 	return list;
 }
 
+/*
+ * Where the placeholder must go back after the call (S5). Every field is
+ * set: a list left behind by a thread that never returned is reused as is.
+ */
+static __always_inline void remember_rewrite(struct kloak_restore *list, __u64 addr, struct kloak_secret_key *key,
+					     __u32 encoding, __u32 shift)
+{
+	__u32 n = list->count;
+
+	if (n >= KLOAK_MAX_MATCHES)
+		return;
+	list->entries[n].addr = addr;
+	list->entries[n].key = *key;
+	list->entries[n].encoding = encoding;
+	list->entries[n].shift = shift;
+	list->count = n + 1;
+}
+
 /* One "kloak:" at offset p: decide and, in the rw build, rewrite. */
 static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const bool can_write)
 {
@@ -333,7 +351,7 @@ static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const
 	struct kloak_secret *secret;
 	struct kloak_restore *list;
 	__u64 addr = c->buf + p;
-	__u32 avail = c->total - p, len, reason, n;
+	__u32 avail = c->total - p, len, reason;
 
 	count(KLOAK_CTR_CANDIDATES);
 	secret = secret_at(addr, avail, &key);
@@ -380,12 +398,7 @@ static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const
 		blocked(c, KLOAK_REASON_WRITE_REFUSED, secret, p);
 		return;
 	}
-	n = list->count;
-	if (n < KLOAK_MAX_MATCHES) {
-		list->entries[n].addr = addr;
-		list->entries[n].key = key;
-		list->count = n + 1;
-	}
+	remember_rewrite(list, addr, &key, KLOAK_ENC_PLAIN, 0);
 	count(KLOAK_CTR_REWRITTEN);
 	tls_event(c, KLOAK_EVENT_TLS_REWRITTEN, KLOAK_REASON_NONE, secret, p, KLOAK_ENC_PLAIN);
 }
