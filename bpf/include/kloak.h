@@ -22,6 +22,11 @@ enum kloak_limits {
 	KLOAK_MAX_BINDINGS = 262144,
 	KLOAK_MAX_TARGETS = 4096,
 	KLOAK_MAX_FILES = 65536,
+	KLOAK_CT_MAX_ITEMS = 16,         /* placeholders of one write patched in the ciphertext */
+	KLOAK_CT_MAX_PATCHES = 32,       /* unacknowledged patches per TCP connection */
+	KLOAK_CT_MAX_RECORDS = 4,        /* TLS records parsed per socket write */
+	KLOAK_CT_MAX_FLOWS = 4096,
+	KLOAK_CT_POW_BITS = 11,          /* H^(2^i) kept per session: exponents up to 2047 blocks */
 };
 
 /* What happened to one placeholder (or one DNS answer). */
@@ -52,7 +57,35 @@ enum kloak_reason {
 	KLOAK_REASON_DNS_FORGED_BY_WORKLOAD = 13,
 	KLOAK_REASON_DNS_TTL_ZERO = 14,
 	KLOAK_REASON_DNS_EXPIRED = 15,
-	KLOAK_REASON_MAX = 16,
+	KLOAK_REASON_CIPHER_UNSUPPORTED = 16,    /* not AES-GCM (ChaCha20-Poly1305, CCM, ...) */
+	KLOAK_REASON_CIPHER_STATE_UNKNOWN = 17,  /* the session key was not captured */
+	KLOAK_REASON_RECORD_MISMATCH = 18,       /* the records written did not carry the write */
+	KLOAK_REASON_PATCH_TABLE_FULL = 19,
+	KLOAK_REASON_RECORD_NOT_SEEN = 20,       /* no socket write of the TLS call carried it */
+	KLOAK_REASON_ENCODING_UNSUPPORTED = 21,  /* HPACK Huffman: in-place strategy only */
+	KLOAK_REASON_MAX = 22,
+};
+
+/* How a rewrite reaches the wire (cfg_strategy; the event's strategy). */
+enum kloak_strategy {
+	KLOAK_STRATEGY_AUTO = 0,         /* ciphertext for AES-GCM sessions, else in place where allowed */
+	KLOAK_STRATEGY_IN_PLACE = 1,     /* the plaintext buffer, written back after the call (S5) */
+	KLOAK_STRATEGY_CIPHERTEXT = 2,   /* the AES-GCM ciphertext and tag, on the wire (TC) */
+};
+
+/* A session's write cipher, as far as kloak can patch it. */
+enum kloak_cipher {
+	KLOAK_CIPHER_UNKNOWN = 0,
+	KLOAK_CIPHER_AES_128_GCM = 1,
+	KLOAK_CIPHER_AES_256_GCM = 2,
+	KLOAK_CIPHER_OTHER = 3,
+};
+
+/* A ciphertext patch slot: written by the socket-write path, read and freed by TC. */
+enum kloak_patch_state {
+	KLOAK_PATCH_FREE = 0,
+	KLOAK_PATCH_FILLING = 1,
+	KLOAK_PATCH_LIVE = 2,
 };
 
 /* How a placeholder was found in the write. */
@@ -93,8 +126,14 @@ enum kloak_counter {
 	KLOAK_CTR_DNS_RECORDS = 11,
 	KLOAK_CTR_DNS_QUERIES = 12,
 	KLOAK_CTR_DNS_FORGED_DROPPED = 13,
-	KLOAK_CTR_BLOCKED_BASE = 16,     /* + enum kloak_reason */
-	KLOAK_CTR_MAX = 32,
+	KLOAK_CTR_CT_KEYS = 14,          /* AES-GCM write keys captured (H derived) */
+	KLOAK_CTR_CT_BOUND = 15,         /* placeholders bound to TCP sequence ranges */
+	KLOAK_CTR_CT_SEGMENTS = 16,      /* segments patched on the wire */
+	KLOAK_CTR_CT_RETRANSMITS = 17,   /* ... of which retransmissions, patched again */
+	KLOAK_CTR_CT_ACKED = 18,         /* patches released by the peer's acknowledgement */
+	KLOAK_CTR_CT_CHECKSUM = 19,      /* checksum update refused by the kernel */
+	KLOAK_CTR_BLOCKED_BASE = 32,     /* + enum kloak_reason */
+	KLOAK_CTR_MAX = 64,
 };
 
 enum kloak_secret_flags {
@@ -274,8 +313,108 @@ struct kloak_event {
 	__u16 port;
 	__u16 family;                    /* AF_INET / AF_INET6, 0 when unknown */
 	__u32 encoding;                  /* enum kloak_encoding */
+	__u32 strategy;                  /* enum kloak_strategy: how a rewrite was made */
+	__u32 pad;
 	struct kloak_addr addr;
 	char comm[16];
+};
+
+/* Ciphertext strategy (cipher.bpf.h, tc.bpf.h). */
+
+/* The write cipher of one TLS object, from the library's own key setup. */
+struct kloak_ct_session {
+	__u64 cipher_ctx;                /* EVP_CIPHER_CTX* the key was set on */
+	__u32 cipher;                    /* enum kloak_cipher */
+	__u32 nid;                       /* the library's cipher id (reported) */
+	__u32 tls13;                     /* per-record nonce setup seen: TLS 1.3 records */
+	__u32 pad;
+	__u8 h[16];                      /* GHASH key H = AES_K(0^128), big-endian bytes */
+	__u8 h_pow[KLOAK_CT_POW_BITS][16]; /* H^(2^i) */
+};
+
+/* A cipher object's algorithm, remembered from the call that named it. */
+struct kloak_ct_cipher {
+	__u32 nid;
+	__u32 key_len;
+};
+
+/* One placeholder of a write, waiting for the TLS records that carry it. */
+struct kloak_ct_item {
+	struct kloak_secret_key key;
+	__u32 secret_id;
+	__u32 pt_off;                    /* offset in the write's plaintext */
+	__u32 len;
+	__u32 bound;                     /* bytes placed in records so far */
+};
+
+/* The ciphertext-strategy placeholders of the write a thread is inside. */
+struct kloak_ct_write {
+	__u64 tls_ptr;
+	__s32 fd;
+	__u32 count;
+	__u32 total;                     /* plaintext bytes of the write */
+	__u32 pt_done;                   /* ... already seen in records */
+	__u64 cgroup_id;
+	__u32 hook;
+	__u32 pad;
+	struct kloak_ct_item items[KLOAK_CT_MAX_ITEMS];
+};
+
+/* A TCP connection as its packets name it; ports in host order. */
+struct kloak_flow_key {
+	struct kloak_addr saddr;
+	struct kloak_addr daddr;
+	__u16 sport;
+	__u16 dport;
+	__u32 pad;
+};
+
+/*
+ * XOR over one TCP sequence range: with the secret's value ^ placeholder
+ * (from secret_off on), or with delta (a GCM tag difference).
+ */
+struct kloak_ct_patch {
+	__u32 state;                     /* enum kloak_patch_state */
+	__u32 seq;
+	__u32 len;
+	__u32 sent;                      /* times applied: 1 + retransmissions */
+	__u32 secret_off;
+	__u32 use_delta;
+	struct kloak_secret_key key;
+	__u8 delta[16];
+};
+
+/*
+ * Load-time self-test of the kernel's GCM arithmetic (handle_gcm_selftest, a
+ * BPF_PROG_TYPE_SYSCALL program run by userspace): the same code the data
+ * path uses, compared with userspace's own implementation.
+ */
+enum kloak_gcm_op {
+	KLOAK_GCM_AES_BLOCK = 1,         /* out = AES_key(x) */
+	KLOAK_GCM_MUL = 2,               /* out = x * y in GF(2^128) */
+	KLOAK_GCM_TAG_DELTA = 3,         /* out = GHASH tag change, H = x (see below) */
+};
+
+struct kloak_gcm_selftest {
+	__u32 op;                        /* enum kloak_gcm_op */
+	__u32 key_len;                   /* AES: 16 or 32 */
+	__u8 key[32];
+	__u8 x[16];
+	__u8 y[16];
+	/*
+	 * TAG_DELTA: a record of ct_len ciphertext bytes whose bytes
+	 * [delta_off, delta_off + delta_len) change by XOR with delta.
+	 */
+	__u32 ct_len;
+	__u32 delta_off;
+	__u32 delta_len;                 /* 1..64 */
+	__u32 result;                    /* 0: done; else the op was refused */
+	__u8 delta[64];
+	__u8 out[16];
+};
+
+struct kloak_ct_flow {
+	struct kloak_ct_patch patches[KLOAK_CT_MAX_PATCHES];
 };
 
 #endif /* KLOAK_H */
