@@ -249,3 +249,5 @@ enum kloak_encoding kloak_encoding_ = 0;
 enum kloak_secret_flags kloak_secret_flags_ = 0;
 enum kloak_limits kloak_limits_ = 0;
 enum kloak_file_state kloak_file_state_ = 0;
+struct kloak_gcm_selftest kloak_gcm_selftest_ = {};
+enum kloak_gcm_op kloak_gcm_op_ = 0;

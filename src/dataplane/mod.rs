@@ -1,6 +1,8 @@
-//! The eBPF data plane: skeleton, loader thread, map records, events, kernel probes.
+//! The eBPF data plane: skeleton, loader thread, map records, events, kernel
+//! probes, and the GCM model the ciphertext strategy is checked against.
 
 pub mod events;
+pub mod gcm;
 pub mod hooking;
 pub mod loader;
 pub mod maps;
