@@ -14,6 +14,8 @@
 
 /* Set by the loader before load; see enum kloak_rewrite_mode. */
 const volatile __u32 cfg_rewrite_mode = KLOAK_MODE_OBSERVE_REQUESTED;
+/* Set by the loader before load; see enum kloak_strategy. */
+const volatile __u32 cfg_strategy = KLOAK_STRATEGY_AUTO;
 
 static __always_inline void count(__u32 counter)
 {
@@ -35,6 +37,16 @@ static __always_inline void count_blocked(__u32 reason)
 {
 	if (reason < KLOAK_REASON_MAX)
 		count(KLOAK_CTR_BLOCKED_BASE + reason);
+}
+
+/* A TLS object (or an object of the library, such as a cipher context) of this process. */
+static __always_inline struct kloak_conn_key conn_key(__u64 tls_ptr)
+{
+	struct kloak_conn_key key = {
+		.tgid = bpf_get_current_pid_tgid() >> 32,
+		.tls_ptr = tls_ptr,
+	};
+	return key;
 }
 
 /* The current task's cgroup id when kloak protects it, else 0. */

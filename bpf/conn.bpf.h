@@ -13,15 +13,6 @@
 #define TLS_EXT_SERVER_NAME 0
 #define TLS_MAX_EXTENSIONS 32
 
-static __always_inline struct kloak_conn_key conn_key(__u64 tls_ptr)
-{
-	struct kloak_conn_key key = {
-		.tgid = bpf_get_current_pid_tgid() >> 32,
-		.tls_ptr = tls_ptr,
-	};
-	return key;
-}
-
 static __always_inline void conn_event(__u64 cgroup_id, __u32 hook, int fd)
 {
 	struct kloak_event *e;
@@ -274,6 +265,8 @@ static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
 	/* The ClientHello leaves during the handshake call (call->buf is 0 there). */
 	if (buf && !call->buf)
 		conn_learn_sni(&key, buf, len);
+	if (call->buf)
+		ct_on_socket_write(tid, call->tls_ptr, fd, buf, len);
 }
 
 /* Cheap test first: is this thread inside, or just out of, a TLS call? */

@@ -37,14 +37,32 @@ static __always_inline void gf128_store(__u8 bytes[16], struct gf128 v)
 	__builtin_memcpy(bytes + 8, &lo, 8);
 }
 
-/* x * y in GF(2^128), reduction polynomial x^128 + x^7 + x^2 + x + 1 (R = 0xe1 || 0^120). */
-static __always_inline struct gf128 gf128_mul(struct gf128 x, struct gf128 y)
-{
-	struct gf128 z = {}, v = y;
+/*
+ * A multiplication in progress, in map memory: it runs as a bpf_loop of
+ * eight 16-bit steps, so the verifier checks one small step per call site
+ * instead of 128 unrolled rounds on every path that multiplies.
+ */
+struct gf_mul {
+	__u64 x[2];                      /* hi, lo */
+	struct gf128 v;
+	struct gf128 z;
+};
 
-	for (int i = 0; i < 128; i++) {
-		__u64 word = i < 64 ? x.hi : x.lo;
-		__u64 take = 0 - ((word >> (63 - (i & 63))) & 1);
+struct gf_mul_loop {
+	struct gf_mul *m;
+};
+
+#define GF_MUL_STEP_BITS 16
+
+static long gf_mul_step(__u64 index, void *data)
+{
+	struct gf_mul *m = ((struct gf_mul_loop *)data)->m;
+	__u64 word = m->x[(index >> 2) & 1];
+	__u32 first = ((__u32)index & 3) * GF_MUL_STEP_BITS;
+	struct gf128 z = m->z, v = m->v;
+
+	for (__u32 b = 0; b < GF_MUL_STEP_BITS; b++) {
+		__u64 take = 0 - ((word >> (63 - first - b)) & 1);
 		__u64 carry = 0 - (v.lo & 1);
 
 		z.hi ^= v.hi & take;
@@ -52,7 +70,22 @@ static __always_inline struct gf128 gf128_mul(struct gf128 x, struct gf128 y)
 		v.lo = (v.lo >> 1) | (v.hi << 63);
 		v.hi = (v.hi >> 1) ^ (carry & 0xe100000000000000ULL);
 	}
-	return z;
+	m->z = z;
+	m->v = v;
+	return 0;
+}
+
+/* x * y in GF(2^128), reduction polynomial x^128 + x^7 + x^2 + x + 1 (R = 0xe1 || 0^120). */
+static __always_inline struct gf128 gf128_mul(struct gf_mul *m, struct gf128 x, struct gf128 y)
+{
+	struct gf_mul_loop loop = { .m = m };
+
+	m->x[0] = x.hi;
+	m->x[1] = x.lo;
+	m->v = y;
+	m->z.hi = m->z.lo = 0;
+	bpf_loop(128 / GF_MUL_STEP_BITS, gf_mul_step, &loop, 0);
+	return m->z;
 }
 
 /* The FIPS-197 S-box. */

@@ -373,8 +373,8 @@ static __always_inline void handle_huff_candidate(struct write_ctx *c, __u32 p, 
 		blocked_as(c, reason, secret, p, KLOAK_ENC_HPACK_HUFFMAN);
 		return;
 	}
-	if (!can_write) {
-		blocked_as(c, KLOAK_REASON_REWRITE_UNAVAILABLE, secret, p, KLOAK_ENC_HPACK_HUFFMAN);
+	if (choose_strategy(c, can_write, false, &reason) != KLOAK_STRATEGY_IN_PLACE) {
+		blocked_as(c, reason, secret, p, KLOAK_ENC_HPACK_HUFFMAN);
 		return;
 	}
 	list = restore_list(c);

@@ -11,6 +11,8 @@
 #include "sock.bpf.h"
 #include "names.bpf.h"
 #include "dns.bpf.h"
+#include "cipher.bpf.h"
+#include "tc.bpf.h"
 #include "conn.bpf.h"
 #include "rewrite.bpf.h"
 
@@ -36,6 +38,8 @@ static __always_inline int ssl_write_entry(struct pt_regs *ctx, __u32 hook, cons
 	if ((__s64)len <= 0)
 		return 0;
 	bpf_map_update_elem(&tls_calls, &tid, &call, BPF_ANY);
+	/* A list a thread left behind (it never returned) is not this write's. */
+	bpf_map_delete_elem(&ct_writes, &tid);
 	c.hook = hook;
 	c.tls_ptr = ssl;
 	c.fd = -1;
@@ -61,6 +65,7 @@ static __always_inline void ssl_write_exit(const bool can_write)
 	if (call)
 		note_memory_bio(call->tls_ptr, tid);
 	bpf_map_delete_elem(&tls_calls, &tid);
+	ct_write_done(tid);
 	/* Always: whatever ran inside the write, its placeholders go back (S5). */
 	if (can_write)
 		restore_all(&key);
@@ -249,5 +254,11 @@ enum kloak_encoding kloak_encoding_ = 0;
 enum kloak_secret_flags kloak_secret_flags_ = 0;
 enum kloak_limits kloak_limits_ = 0;
 enum kloak_file_state kloak_file_state_ = 0;
+enum kloak_strategy kloak_strategy_ = 0;
+enum kloak_cipher kloak_cipher_ = 0;
+enum kloak_patch_state kloak_patch_state_ = 0;
 struct kloak_gcm_selftest kloak_gcm_selftest_ = {};
 enum kloak_gcm_op kloak_gcm_op_ = 0;
+struct kloak_ct_session kloak_ct_session_ = {};
+struct kloak_flow_key kloak_flow_key_ = {};
+struct kloak_ct_flow kloak_ct_flow_ = {};

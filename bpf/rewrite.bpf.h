@@ -288,6 +288,7 @@ static __always_inline void tls_event(struct write_ctx *c, __u32 kind, __u32 rea
 	e->secret_id = secret ? secret->id : 0;
 	e->offset = offset;
 	e->encoding = encoding;
+	e->strategy = kind == KLOAK_EVENT_TLS_REWRITTEN ? KLOAK_STRATEGY_IN_PLACE : 0;
 	e->fd = c->fd;
 	if (c->peer_state == 1) {
 		e->addr = c->peer.addr;
@@ -344,6 +345,60 @@ static __always_inline void remember_rewrite(struct kloak_restore *list, __u64 a
 	list->count = n + 1;
 }
 
+/*
+ * How an allowed placeholder reaches the wire (KLOAK_STRATEGY_IN_PLACE or
+ * _CIPHERTEXT), or 0 and why it cannot. `patchable`: its bytes are a fixed
+ * function of the secret (plain text), as ciphertext patches need.
+ */
+static __always_inline __u32 choose_strategy(struct write_ctx *c, const bool can_write, const bool patchable,
+					     __u32 *reason)
+{
+	__u32 ct = KLOAK_REASON_REWRITE_UNAVAILABLE;
+
+	if (cfg_strategy != KLOAK_STRATEGY_IN_PLACE) {
+		ct = ct_session_reason(c->tls_ptr);
+		if (ct == KLOAK_REASON_NONE) {
+			if (patchable)
+				return KLOAK_STRATEGY_CIPHERTEXT;
+			ct = KLOAK_REASON_ENCODING_UNSUPPORTED;
+		}
+	}
+	if (cfg_strategy != KLOAK_STRATEGY_CIPHERTEXT && can_write)
+		return KLOAK_STRATEGY_IN_PLACE;
+	*reason = ct;
+	return 0;
+}
+
+/* Queues an allowed placeholder for the records this write produces (cipher.bpf.h). */
+static __always_inline void ct_queue(struct write_ctx *c, struct kloak_secret *secret,
+				     struct kloak_secret_key *key, __u32 p)
+{
+	struct kloak_ct_write *w = ct_write_for((__u32)bpf_get_current_pid_tgid(), c->tls_ptr);
+	struct kloak_ct_item *item;
+	__u32 n;
+
+	if (!w) {
+		blocked(c, KLOAK_REASON_PATCH_TABLE_FULL, secret, p);
+		return;
+	}
+	n = w->count;
+	if (n >= KLOAK_CT_MAX_ITEMS) {
+		blocked(c, KLOAK_REASON_TOO_MANY_PLACEHOLDERS, secret, p);
+		return;
+	}
+	w->fd = c->fd;
+	w->total = c->total;
+	w->cgroup_id = c->cgroup_id;
+	w->hook = c->hook;
+	item = &w->items[n & (KLOAK_CT_MAX_ITEMS - 1)];
+	item->key = *key;
+	item->secret_id = secret->id;
+	item->pt_off = p;
+	item->len = secret->len;
+	item->bound = 0;
+	w->count = n + 1;
+}
+
 /* One "kloak:" at offset p: decide and, in the rw build, rewrite. */
 static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const bool can_write)
 {
@@ -374,8 +429,14 @@ static __always_inline void handle_candidate(struct write_ctx *c, __u32 p, const
 		blocked(c, reason, secret, p);
 		return;
 	}
-	if (!can_write) {
-		blocked(c, KLOAK_REASON_REWRITE_UNAVAILABLE, secret, p);
+	switch (choose_strategy(c, can_write, true, &reason)) {
+	case KLOAK_STRATEGY_CIPHERTEXT:
+		ct_queue(c, secret, &key, p);
+		return;
+	case KLOAK_STRATEGY_IN_PLACE:
+		break;
+	default:
+		blocked(c, reason, secret, p);
 		return;
 	}
 	list = restore_list(c);

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::dataplane::RewriteStrategy;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kloak",
@@ -85,6 +87,11 @@ pub struct ControllerArgs {
     /// Never rewrite: report what would happen.
     #[arg(long)]
     pub observe: bool,
+    /// How placeholders reach the wire: `ciphertext` patches AES-GCM records on the wire
+    /// (the real value never enters the pod; works on lockdown kernels), `in-place` rewrites
+    /// the plaintext buffer, `auto` prefers ciphertext and falls back to in place.
+    #[arg(long, env = "KLOAK_STRATEGY", value_enum, default_value_t = RewriteStrategy::Auto)]
+    pub strategy: RewriteStrategy,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +187,12 @@ pub struct RunArgs {
     /// Never rewrite: report what would happen (placeholders go out unchanged).
     #[arg(long)]
     pub observe: bool,
+    /// How placeholders reach the wire: `ciphertext` patches AES-GCM records on the wire
+    /// (the real value never enters the command's memory; works on lockdown kernels),
+    /// `in-place` rewrites the plaintext buffer, `auto` prefers ciphertext and falls back
+    /// to in place.
+    #[arg(long, env = "KLOAK_STRATEGY", value_enum, default_value_t = RewriteStrategy::Auto)]
+    pub strategy: RewriteStrategy,
     /// Run the command as this user (name or uid); default: $SUDO_UID when run through sudo.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,

@@ -131,7 +131,7 @@ enum kloak_counter {
 	KLOAK_CTR_CT_SEGMENTS = 16,      /* segments patched on the wire */
 	KLOAK_CTR_CT_RETRANSMITS = 17,   /* ... of which retransmissions, patched again */
 	KLOAK_CTR_CT_ACKED = 18,         /* patches released by the peer's acknowledgement */
-	KLOAK_CTR_CT_CHECKSUM = 19,      /* checksum update refused by the kernel */
+	KLOAK_CTR_CT_FAILED = 19,        /* a segment could not be patched whole (load, store, checksum) */
 	KLOAK_CTR_BLOCKED_BASE = 32,     /* + enum kloak_reason */
 	KLOAK_CTR_MAX = 64,
 };
@@ -336,6 +336,8 @@ struct kloak_ct_session {
 struct kloak_ct_cipher {
 	__u32 nid;
 	__u32 key_len;
+	__u32 encrypt;                   /* the direction set with it (a later call may pass -1: unchanged) */
+	__u32 pad;
 };
 
 /* One placeholder of a write, waiting for the TLS records that carry it. */

@@ -53,6 +53,9 @@ fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
+/// The node agent's `tc` filter handle (`kloak run` instances use 0x6b000000 | pid).
+const CONTROLLER_TC_HANDLE: u32 = 0x6b00_0000;
+
 pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
     let client = kube::Client::try_default()
         .await
@@ -93,6 +96,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
         true,
         features.write_user,
         args.observe,
+        args.strategy,
+        CONTROLLER_TC_HANDLE,
     ))?;
     let adopted = dataplane.snapshot(agent::OWNED_MAPS).await?;
     info!(entries = adopted.len(), pin_dir = %args.pin_dir.display(), "data plane loaded; pinned state adopted");

@@ -9,7 +9,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::skel::types::{kloak_encoding, kloak_event, kloak_event_kind, kloak_hook, kloak_reason};
+use super::skel::types::{
+    kloak_encoding, kloak_event, kloak_event_kind, kloak_hook, kloak_reason, kloak_strategy,
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -51,6 +53,12 @@ pub enum Reason {
     DnsForgedByWorkload,
     DnsTtlZero,
     DnsExpired,
+    CipherUnsupported,
+    CipherStateUnknown,
+    RecordMismatch,
+    PatchTableFull,
+    RecordNotSeen,
+    EncodingUnsupported,
     Unknown,
 }
 
@@ -74,6 +82,12 @@ impl Reason {
             Self::DnsForgedByWorkload => "dns_forged_by_workload",
             Self::DnsTtlZero => "dns_ttl_zero",
             Self::DnsExpired => "dns_expired",
+            Self::CipherUnsupported => "cipher_unsupported",
+            Self::CipherStateUnknown => "cipher_state_unknown",
+            Self::RecordMismatch => "record_mismatch",
+            Self::PatchTableFull => "patch_table_full",
+            Self::RecordNotSeen => "record_not_seen",
+            Self::EncodingUnsupported => "encoding_unsupported",
             Self::Unknown => "unknown",
         }
     }
@@ -96,6 +110,12 @@ impl Reason {
             kloak_reason::KLOAK_REASON_DNS_FORGED_BY_WORKLOAD => Self::DnsForgedByWorkload,
             kloak_reason::KLOAK_REASON_DNS_TTL_ZERO => Self::DnsTtlZero,
             kloak_reason::KLOAK_REASON_DNS_EXPIRED => Self::DnsExpired,
+            kloak_reason::KLOAK_REASON_CIPHER_UNSUPPORTED => Self::CipherUnsupported,
+            kloak_reason::KLOAK_REASON_CIPHER_STATE_UNKNOWN => Self::CipherStateUnknown,
+            kloak_reason::KLOAK_REASON_RECORD_MISMATCH => Self::RecordMismatch,
+            kloak_reason::KLOAK_REASON_PATCH_TABLE_FULL => Self::PatchTableFull,
+            kloak_reason::KLOAK_REASON_RECORD_NOT_SEEN => Self::RecordNotSeen,
+            kloak_reason::KLOAK_REASON_ENCODING_UNSUPPORTED => Self::EncodingUnsupported,
             _ => Self::Unknown,
         }
     }
@@ -123,6 +143,20 @@ impl Reason {
             Self::DnsForgedByWorkload => "DNS answer sent by a protected workload (dropped)",
             Self::DnsTtlZero => "DNS answer with TTL 0 (not cached)",
             Self::DnsExpired => "DNS answer for this peer expired",
+            Self::CipherUnsupported => {
+                "the connection's cipher is not AES-GCM (ChaCha20-Poly1305 and others cannot be patched in the ciphertext)"
+            }
+            Self::CipherStateUnknown => {
+                "the session's key was not captured (runtime without key capture, or a session older than kloak's hooks)"
+            }
+            Self::RecordMismatch => "the TLS records written did not carry the placeholder whole",
+            Self::PatchTableFull => "too many unacknowledged patches on this connection",
+            Self::RecordNotSeen => {
+                "no socket write inside the TLS call carried the record (memory BIO or an unusual write path)"
+            }
+            Self::EncodingUnsupported => {
+                "HPACK Huffman-coded header: only the in-place strategy rewrites it"
+            }
             Self::Unknown => "unknown reason",
         }
     }
@@ -172,6 +206,26 @@ impl Encoding {
     }
 }
 
+/// How a rewrite reached the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The plaintext buffer was rewritten and written back after the call.
+    InPlace,
+    /// The AES-GCM ciphertext and tag were patched on the wire.
+    Ciphertext,
+}
+
+impl Strategy {
+    fn from_raw(raw: u32) -> Option<Self> {
+        match kloak_strategy(raw) {
+            kloak_strategy::KLOAK_STRATEGY_IN_PLACE => Some(Self::InPlace),
+            kloak_strategy::KLOAK_STRATEGY_CIPHERTEXT => Some(Self::Ciphertext),
+            _ => None,
+        }
+    }
+}
+
 /// One decision of the data plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
@@ -186,6 +240,8 @@ pub struct Event {
     pub secret_id: u32,
     pub offset: u32,
     pub encoding: Encoding,
+    /// Set on rewrites and on ciphertext-strategy decisions.
+    pub strategy: Option<Strategy>,
     pub fd: i32,
     pub peer: Option<IpAddr>,
     pub port: u16,
@@ -228,6 +284,7 @@ impl Event {
             secret_id: raw.secret_id,
             offset: raw.offset,
             encoding: Encoding::from_raw(raw.encoding),
+            strategy: Strategy::from_raw(raw.strategy),
             fd: raw.fd,
             peer: (raw.family != 0 || raw.addr.bytes != [0; 16]).then(|| ip_of(&raw.addr.bytes)),
             port: raw.port,
@@ -274,7 +331,7 @@ mod tests {
 
     #[test]
     fn reason_names_match_their_json() {
-        for raw in 0..20 {
+        for raw in 0..kloak_reason::KLOAK_REASON_MAX.0 {
             let reason = Reason::from_raw(raw);
             let json = serde_json::to_string(&reason).expect("json");
             assert_eq!(json.trim_matches('"'), reason.name());

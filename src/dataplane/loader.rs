@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -15,7 +15,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder, TracepointCategory, UprobeOpts};
+use libbpf_rs::{
+    Link, MapCore, MapFlags, RingBufferBuilder, TcHook, TcHookBuilder, TracepointCategory,
+    UprobeOpts, TC_EGRESS, TC_INGRESS,
+};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -25,7 +28,7 @@ use super::events::{Event, EventKind};
 use super::maps::{file_forget, MapName, MapOp, Records};
 use super::skel::bytes_of;
 use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
-use super::skel::types::{kloak_counter, kloak_rewrite_mode, kloak_target};
+use super::skel::types::{kloak_counter, kloak_rewrite_mode, kloak_strategy, kloak_target};
 use super::targets::{FileId, TlsTarget};
 
 #[derive(Debug, Error)]
@@ -66,6 +69,48 @@ pub struct LoaderConfig {
     /// caller must then answer every `EventKind::ExecHeld` by resuming the
     /// process (SIGCONT), or it stays stopped.
     pub hold_new_executables: bool,
+    /// Which strategies the kernel may use (`--strategy`).
+    pub strategy: RewriteStrategy,
+    /// Observe only: nothing is rewritten, by any strategy.
+    pub observe: bool,
+    /// The `tc` filter handle of this instance: instances must not replace
+    /// each other's filters on a shared interface.
+    pub tc_handle: u32,
+}
+
+/// How placeholders reach the wire, chosen per node (`--strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RewriteStrategy {
+    /// Ciphertext for AES-GCM sessions; in place for the rest where the
+    /// kernel allows user-memory writes.
+    #[default]
+    Auto,
+    /// Only the plaintext buffer (the real value is in the process's memory
+    /// during the TLS call).
+    InPlace,
+    /// Only the AES-GCM ciphertext on the wire (the real value never enters
+    /// the process; works on lockdown kernels).
+    Ciphertext,
+}
+
+impl RewriteStrategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::InPlace => "in-place",
+            Self::Ciphertext => "ciphertext",
+        }
+    }
+}
+
+/// Where on an interface the workload's packets leave, for the ciphertext strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireSide {
+    /// The host's own interface (`kloak run`): packets leave on egress.
+    HostEgress,
+    /// The host end of a pod's veth: the pod's packets arrive on its ingress,
+    /// so the pod never sees them patched.
+    PodHostEnd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,20 +120,36 @@ pub enum ObserveReason {
 }
 
 impl LoaderConfig {
-    /// Rewrites when the kernel allows user-memory writes and the user did not
-    /// ask to observe only; new executables of protected cgroups are held.
-    pub fn for_kernel(pin_dir: PathBuf, persist: bool, write_user: bool, observe: bool) -> Self {
+    /// Rewrites in place when the kernel allows user-memory writes, the
+    /// strategy permits it and the user did not ask to observe only; new
+    /// executables of protected cgroups are held.
+    pub fn for_kernel(
+        pin_dir: PathBuf,
+        persist: bool,
+        write_user: bool,
+        observe: bool,
+        strategy: RewriteStrategy,
+        tc_handle: u32,
+    ) -> Self {
         Self {
             pin_dir,
             persist,
-            rewrite: write_user && !observe,
+            rewrite: write_user && !observe && strategy != RewriteStrategy::Ciphertext,
             observe_reason: if write_user {
                 ObserveReason::Requested
             } else {
                 ObserveReason::Lockdown
             },
             hold_new_executables: true,
+            strategy,
+            observe,
+            tc_handle,
         }
+    }
+
+    /// The ciphertext strategy may run (it needs no user-memory writes).
+    pub fn ciphertext(&self) -> bool {
+        !self.observe && self.strategy != RewriteStrategy::InPlace
     }
 }
 
@@ -98,6 +159,7 @@ enum Command {
     Apply(Vec<MapOp>, Reply<()>),
     AttachDns(PathBuf, Reply<()>),
     AttachTarget(Box<(PathBuf, FileId, TlsTarget)>, Reply<usize>),
+    AttachWire(u32, WireSide, Reply<bool>),
     DetachFile(FileId, Reply<usize>),
     Counters(Reply<Vec<u64>>),
     Snapshot(Vec<MapName>, Reply<Records>),
@@ -187,6 +249,13 @@ impl DataPlane {
     ) -> Result<usize, LoaderError> {
         let path = path.to_path_buf();
         self.call(|reply| Command::AttachTarget(Box::new((path, id, target)), reply))
+            .await
+    }
+
+    /// Patches the ciphertext of protected connections on interface `ifindex`.
+    /// Returns false when the ciphertext strategy is off (nothing attached).
+    pub async fn attach_wire(&self, ifindex: u32, side: WireSide) -> Result<bool, LoaderError> {
+        self.call(|reply| Command::AttachWire(ifindex, side, reply))
             .await
     }
 
@@ -302,6 +371,11 @@ struct Loaded<'obj> {
     links: LinkSet,
     next_target: u32,
     rewrite: bool,
+    /// Keys are captured and packets patched (strategy allows it, self-test passed).
+    ciphertext: bool,
+    tc_handle: u32,
+    /// Filters attached by this instance, detached at teardown unless pins persist.
+    wire: Vec<(String, TcHook)>,
 }
 
 /// Everything attached, by name, so nothing is hooked twice.
@@ -373,6 +447,13 @@ fn load<'obj>(
         .open(object)
         .map_err(|err| LoaderError::Load(format!("{err:#}")))?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.cfg_strategy = match (config.observe, config.strategy) {
+            (true, _) | (false, RewriteStrategy::InPlace) => {
+                kloak_strategy::KLOAK_STRATEGY_IN_PLACE.0
+            }
+            (false, RewriteStrategy::Auto) => kloak_strategy::KLOAK_STRATEGY_AUTO.0,
+            (false, RewriteStrategy::Ciphertext) => kloak_strategy::KLOAK_STRATEGY_CIPHERTEXT.0,
+        };
         rodata.cfg_rewrite_mode = if config.rewrite {
             kloak_rewrite_mode::KLOAK_MODE_REWRITE.0
         } else if config.observe_reason == ObserveReason::Lockdown {
@@ -450,6 +531,22 @@ fn load<'obj>(
                 })
         })?;
     }
+    let ciphertext = config.ciphertext() && gcm_selftest(&skel, config.strategy)?;
+    if ciphertext {
+        links.keep("tp-inet_sock_set_state", || {
+            skel.progs
+                .handle_ct_close
+                .attach_tracepoint(
+                    TracepointCategory::Custom("sock".into()),
+                    "inet_sock_set_state",
+                )
+                .map_err(|source| LoaderError::Attach {
+                    what: "tracepoint sock/inet_sock_set_state".into(),
+                    source,
+                })
+        })?;
+    }
+    let progs = &skel.progs;
     if config.hold_new_executables {
         links.keep("tp-sched_process_exec", || {
             progs
@@ -466,7 +563,39 @@ fn load<'obj>(
         links,
         next_target: 0,
         rewrite: config.rewrite,
+        ciphertext,
+        tc_handle: config.tc_handle,
+        wire: Vec::new(),
     })
+}
+
+/*
+ * Runs the kernel's AES and GF(2^128) code against userspace's before any
+ * key is captured: a wrong tag difference would break connections, so the
+ * strategy is off unless the kernel computes exactly what it should.
+ */
+fn gcm_selftest(skel: &KloakSkel<'_>, strategy: RewriteStrategy) -> Result<bool, LoaderError> {
+    let program = &skel.progs.handle_gcm_selftest;
+    let outcome = super::gcm::check_kernel(|case| {
+        let input = libbpf_rs::ProgramInput {
+            context_in: Some(super::skel::bytes_of_mut(case)),
+            ..Default::default()
+        };
+        program.test_run(input).map(|_| ())
+    });
+    match (outcome, strategy) {
+        (Ok(()), _) => {
+            info!("ciphertext strategy: kernel AES-GCM arithmetic verified");
+            Ok(true)
+        }
+        (Err(err), RewriteStrategy::Ciphertext) => Err(LoaderError::Load(format!(
+            "the ciphertext strategy cannot run: {err}"
+        ))),
+        (Err(err), _) => {
+            warn!(%err, "ciphertext strategy disabled: the kernel's AES-GCM self-test failed");
+            Ok(false)
+        }
+    }
 }
 
 impl Loaded<'_> {
@@ -481,6 +610,9 @@ impl Loaded<'_> {
             Command::AttachTarget(request, reply) => {
                 let (path, id, target) = *request;
                 let _ = reply.send(self.attach_target(&path, id, &target));
+            }
+            Command::AttachWire(ifindex, side, reply) => {
+                let _ = reply.send(self.attach_wire(ifindex, side));
             }
             Command::DetachFile(id, reply) => {
                 let detached = self.links.drop_file(id);
@@ -586,6 +718,7 @@ impl Loaded<'_> {
             "handle_ssl_handshake_ret" => &progs.handle_ssl_handshake_ret,
             "handle_ssl_set_fd" => &progs.handle_ssl_set_fd,
             "handle_ssl_set_bio" => &progs.handle_ssl_set_bio,
+            "handle_cipher_init" => &progs.handle_cipher_init,
             "handle_go_write_rw" => &progs.handle_go_write_rw,
             "handle_go_write_ro" => &progs.handle_go_write_ro,
             _ => &progs.handle_go_write_ret_rw,
@@ -652,6 +785,24 @@ impl Loaded<'_> {
                     attached +=
                         self.uprobe("handle_ssl_set_bio", path, id, symbol.file_offset, false, 0)?;
                 }
+                match (&ssl.key_hook, self.ciphertext) {
+                    (Some(hook), true) => {
+                        // Named after the TLS file, so detaching it detaches this too.
+                        attached += self.uprobe(
+                            "handle_cipher_init",
+                            &hook.path,
+                            id,
+                            hook.cipher_init.file_offset,
+                            false,
+                            0,
+                        )?;
+                    }
+                    (None, true) => warn!(
+                        path = %path.display(),
+                        "no EVP_CipherInit_ex for this library: its sessions cannot use the ciphertext strategy"
+                    ),
+                    (_, false) => {}
+                }
             }
             TlsTarget::Go(go) => {
                 let index = self.next_target;
@@ -684,6 +835,41 @@ impl Loaded<'_> {
         }
         info!(path = %path.display(), probes = attached, "TLS target hooked");
         Ok(attached)
+    }
+
+    fn attach_wire(&mut self, ifindex: u32, side: WireSide) -> Result<bool, LoaderError> {
+        if !self.ciphertext {
+            return Ok(false);
+        }
+        let progs = &self.skel.progs;
+        let (patch_at, ack_at) = match side {
+            WireSide::HostEgress => (TC_EGRESS, TC_INGRESS),
+            WireSide::PodHostEnd => (TC_INGRESS, TC_EGRESS),
+        };
+        for (program, point, what) in [
+            (&progs.handle_ct_patch, patch_at, "patch"),
+            (&progs.handle_ct_ack, ack_at, "ack"),
+        ] {
+            let name = format!("tc-{what}-{ifindex}");
+            if self.wire.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let attach_error = |source| LoaderError::Attach {
+                what: format!("tc {what} program on interface {ifindex}"),
+                source,
+            };
+            let mut hook = TcHookBuilder::new(program.as_fd())
+                .ifindex(ifindex as i32)
+                .replace(true)
+                .handle(self.tc_handle)
+                .priority(TC_PRIORITY)
+                .hook(point);
+            hook.create().map_err(attach_error)?;
+            hook.attach().map_err(attach_error)?;
+            self.wire.push((name, hook));
+        }
+        info!(ifindex, ?side, "ciphertext patching attached");
+        Ok(true)
     }
 
     fn snapshot(&self, names: &[MapName]) -> Result<Records, LoaderError> {
@@ -730,6 +916,13 @@ impl Loaded<'_> {
     fn teardown(&mut self, config: &LoaderConfig) {
         // Pinned links stay attached when this process exits; the rest detach here.
         self.links.links.clear();
+        if !config.persist {
+            for (name, mut hook) in self.wire.drain(..) {
+                if let Err(err) = hook.detach() {
+                    warn!(filter = %name, %err, "cannot detach tc filter");
+                }
+            }
+        }
         if config.persist {
             info!(pin_dir = %config.pin_dir.display(), "data plane left pinned for the next agent");
             return;
@@ -747,6 +940,9 @@ impl Loaded<'_> {
         info!("data plane detached");
     }
 }
+
+/// Priority of kloak's `tc` filters; each instance has its own handle.
+const TC_PRIORITY: u32 = 1;
 
 /// `poll.FD.Sysfd` inside `net.netFD`: after `fdmu fdMutex` (16 bytes), stable since Go 1.9.
 const GO_NETFD_SYSFD_OFFSET: u32 = 16;

@@ -10,5 +10,5 @@ pub mod probes;
 pub mod skel;
 pub mod targets;
 
-pub use events::{Event, EventKind, Reason};
-pub use loader::{DataPlane, LoaderConfig, ObserveReason};
+pub use events::{Event, EventKind, Reason, Strategy};
+pub use loader::{DataPlane, LoaderConfig, ObserveReason, RewriteStrategy, WireSide};

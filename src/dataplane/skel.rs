@@ -51,6 +51,11 @@ plain!(
     kloak_resolver_key,
     kloak_target,
     kloak_file_key,
+    kloak_conn_key,
+    kloak_gcm_selftest,
+    kloak_ct_session,
+    kloak_flow_key,
+    kloak_ct_flow,
 );
 
 /// The bytes of a boundary struct, as the kernel sees them.
@@ -58,4 +63,10 @@ pub fn bytes_of<T: plain::Plain>(value: &T) -> &[u8] {
     // SAFETY: `Plain` types have no padding-dependent invariants and the
     // slice borrows `value` for its whole size.
     unsafe { plain::as_bytes(value) }
+}
+
+/// The bytes of a boundary struct, writable: a program run on it fills it in.
+pub fn bytes_of_mut<T: plain::Plain>(value: &mut T) -> &mut [u8] {
+    // SAFETY: as for `bytes_of`; every byte pattern is a valid `T`.
+    unsafe { plain::as_mut_bytes(value) }
 }

@@ -10,14 +10,17 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use super::{Check, Verdict};
 use crate::dataplane::events::Reason;
 use crate::dataplane::maps::{file_key, FileState};
+use crate::dataplane::skel::types::kloak_counter;
 use crate::dataplane::targets::FileId;
 
-/// `KLOAK_CTR_REWRITTEN` in bpf/include/kloak.h.
-const CTR_REWRITTEN: u32 = 6;
-/// `KLOAK_CTR_BLOCKED_BASE`: the counter of reason `r` is at this index plus `r`.
-const CTR_BLOCKED_BASE: u32 = 16;
-/// `KLOAK_CTR_MAX`.
-const CTR_MAX: u32 = 32;
+const CTR_REWRITTEN: u32 = kloak_counter::KLOAK_CTR_REWRITTEN.0;
+const CTR_CT_BOUND: u32 = kloak_counter::KLOAK_CTR_CT_BOUND.0;
+const CTR_CT_SEGMENTS: u32 = kloak_counter::KLOAK_CTR_CT_SEGMENTS.0;
+const CTR_CT_RETRANSMITS: u32 = kloak_counter::KLOAK_CTR_CT_RETRANSMITS.0;
+const CTR_CT_FAILED: u32 = kloak_counter::KLOAK_CTR_CT_FAILED.0;
+/// The counter of reason `r` is at this index plus `r`.
+const CTR_BLOCKED_BASE: u32 = kloak_counter::KLOAK_CTR_BLOCKED_BASE.0;
+const CTR_MAX: u32 = kloak_counter::KLOAK_CTR_MAX.0;
 
 /// Fill level in percent above which a map is worth a warning.
 const WARN_PERCENT: u64 = 80;
@@ -103,7 +106,14 @@ fn read_counters(path: &Path) -> Result<Vec<u64>, libbpf_rs::Error> {
 /// The decisions line for one instance's counters (pure).
 pub fn decisions_check(instance: &str, counters: &[u64]) -> Check {
     let name = format!("decisions {instance}");
-    let rewritten = counters.get(CTR_REWRITTEN as usize).copied().unwrap_or(0);
+    let counter = |index: u32| counters.get(index as usize).copied().unwrap_or(0);
+    let rewritten = format!(
+        "rewritten {} in place, {} in the ciphertext ({} segments patched, {} of them retransmissions)",
+        counter(CTR_REWRITTEN),
+        counter(CTR_CT_BOUND),
+        counter(CTR_CT_SEGMENTS),
+        counter(CTR_CT_RETRANSMITS),
+    );
     let blocked: Vec<String> = (CTR_BLOCKED_BASE..CTR_MAX)
         .filter_map(|index| {
             let count = *counters.get(index as usize)?;
@@ -115,12 +125,23 @@ pub fn decisions_check(instance: &str, counters: &[u64]) -> Check {
             })
         })
         .collect();
-    if blocked.is_empty() {
-        Check::ok(name, format!("rewritten {rewritten}, blocked 0"))
+    if counter(CTR_CT_FAILED) > 0 {
+        Check::fail(
+            name,
+            format!(
+                "{rewritten}; {} segments could not be patched whole",
+                counter(CTR_CT_FAILED)
+            ),
+            "the kernel refused a packet load, store or checksum update: those records reached \
+             the peer with a broken tag (the connection fails, the secret does not leak); \
+             report it with `kloak doctor --json`",
+        )
+    } else if blocked.is_empty() {
+        Check::ok(name, format!("{rewritten}, blocked 0"))
     } else {
         Check::warn(
             name,
-            format!("rewritten {rewritten}, blocked: {}", blocked.join(", ")),
+            format!("{rewritten}, blocked: {}", blocked.join(", ")),
             "blocked writes went out with the placeholder: check the secret's allowed hosts and \
              ports and the trusted DNS servers (controller logs name each block)",
         )

@@ -26,7 +26,7 @@ use crate::dataplane::hooking;
 use crate::dataplane::maps::{diff, host_id, DesiredState, Records, SecretState};
 use crate::dataplane::probes;
 use crate::dataplane::targets;
-use crate::dataplane::{DataPlane, EventKind, LoaderConfig};
+use crate::dataplane::{DataPlane, EventKind, LoaderConfig, RewriteStrategy, WireSide};
 use crate::placeholder::{self, Placeholder};
 use crate::policy::parse_port;
 
@@ -34,6 +34,8 @@ use self::cgroup::RunCgroup;
 use self::report::{Names, Reporter};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/kloak";
+/// `tc` filter handles of `kloak run` instances: this | pid.
+const RUN_TC_HANDLE_BASE: u32 = 0x6b00_0000;
 /// Placeholder files go to tmpfs: /run when writable, else the temp dir.
 const SECRETS_ROOTS: &[&str] = &["/run/kloak", "/dev/shm/kloak"];
 
@@ -57,11 +59,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     let rewrite = features.write_user && !args.observe;
     if let Some(blocker) = features.rewrite_blocker() {
-        warn!(
-            reason = %blocker,
-            "rewrite unavailable: {blocker}; placeholders will go out unchanged (observe mode). \
-             `make demo` runs the demo inside a VM with a Debian kernel that allows it"
-        );
+        match args.strategy {
+            RewriteStrategy::InPlace => warn!(
+                reason = %blocker,
+                "in-place rewrite unavailable: {blocker}; placeholders will go out unchanged. \
+                 --strategy ciphertext works on this kernel"
+            ),
+            _ => info!(
+                reason = %blocker,
+                "in-place rewrite unavailable ({blocker}): AES-GCM sessions are patched in the \
+                 ciphertext, others go out with the placeholder"
+            ),
+        }
     }
     let identity = spawn::identity(args.user.as_deref(), std::env::var("SUDO_UID").ok())
         .map_err(anyhow::Error::msg)?;
@@ -81,10 +90,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         false,
         features.write_user,
         args.observe,
+        args.strategy,
+        RUN_TC_HANDLE_BASE | (std::process::id() & 0x00ff_ffff),
     ))?;
     let records = state.records()?;
     dataplane.apply(diff(&Records::new(), &records)).await?;
     dataplane.attach_dns(cgroup.path()).await?;
+    attach_wire(&dataplane, args.strategy).await?;
     hook_targets(&dataplane, &args.command[0]).await;
     let secrets_dir =
         SecretsDir::create(&instance, &prepared.placeholders, identity.map(|i| i.uid))?;
@@ -260,6 +272,41 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
         placeholders,
         remove_env,
     })
+}
+
+/*
+ * The ciphertext strategy patches packets where they leave this host: on
+ * loopback and on every interface holding an address. Bridge ports and
+ * other address-less interfaces carry packets that already left through
+ * one of those, and patching twice would undo the patch.
+ */
+async fn attach_wire(dataplane: &DataPlane, strategy: RewriteStrategy) -> anyhow::Result<()> {
+    let mut interfaces = BTreeMap::new();
+    for ifaddr in nix::ifaddrs::getifaddrs().context("listing network interfaces")? {
+        let family = ifaddr
+            .address
+            .as_ref()
+            .and_then(nix::sys::socket::SockaddrLike::family);
+        if matches!(
+            family,
+            Some(nix::sys::socket::AddressFamily::Inet | nix::sys::socket::AddressFamily::Inet6)
+        ) {
+            let index = nix::net::if_::if_nametoindex(ifaddr.interface_name.as_str())
+                .with_context(|| format!("interface {}", ifaddr.interface_name))?;
+            interfaces.insert(index, ifaddr.interface_name);
+        }
+    }
+    for (index, name) in interfaces {
+        match dataplane.attach_wire(index, WireSide::HostEgress).await {
+            Ok(true) => info!(interface = %name, "ciphertext patching on"),
+            Ok(false) => return Ok(()),
+            Err(err) if strategy == RewriteStrategy::Ciphertext => {
+                return Err(err).with_context(|| format!("interface {name}"))
+            }
+            Err(err) => warn!(interface = %name, %err, "no ciphertext patching here"),
+        }
+    }
+    Ok(())
 }
 
 /// Hooks the command itself (Go or static OpenSSL) and the system's libssl.

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::dataplane::{Event, EventKind, Reason};
+use crate::dataplane::{Event, EventKind, Reason, Strategy};
 
 /// Turns kernel ids back into the names the user gave.
 #[derive(Default)]
@@ -41,8 +41,12 @@ impl Names {
         let who = format!("{}[{}]", event.comm, event.pid);
         Some(match event.kind {
             EventKind::Rewritten => format!(
-                "kloak: rewrote {} for {who} -> {peer}",
-                self.secret(event.secret_id)
+                "kloak: rewrote {} for {who} -> {peer}{}",
+                self.secret(event.secret_id),
+                match event.strategy {
+                    Some(Strategy::Ciphertext) => " (in the ciphertext)",
+                    _ => "",
+                }
             ),
             EventKind::Blocked => format!(
                 "kloak: placeholder {} sent unchanged by {who} -> {peer}: {}",
@@ -77,6 +81,9 @@ impl Names {
             value["secret"] = json!(self.secret(event.secret_id));
             value["offset"] = json!(event.offset);
             value["encoding"] = json!(event.encoding);
+        }
+        if let Some(strategy) = event.strategy {
+            value["strategy"] = json!(strategy);
         }
         if event.reason != Reason::None {
             value["detail"] = json!(self.detail(event));
@@ -138,6 +145,7 @@ mod tests {
             secret_id: 1,
             offset: 3,
             encoding: Encoding::Plain,
+            strategy: None,
             fd: 4,
             peer: Some("127.0.0.1".parse().expect("ip")),
             port: 8443,

@@ -153,6 +153,8 @@ pub(super) fn inspect(file: &ElfImage<'_>, version: &str) -> Result<OpenSslTarge
         set_bio: None,
         flavour: SslFlavour::BoringSsl,
         bun_version: Some(version.to_string()),
+        // Bun's BoringSSL sets keys through EVP_AEAD, stripped: not located.
+        key_hook: None,
     };
     tracing::debug!(path = %file.path.display(), ?target, "Bun with BoringSSL located");
     Ok(target)

@@ -7,7 +7,7 @@ use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Sym};
 use object::{Endianness, Object, ObjectSection};
 
-use super::{OpenSslTarget, SslFlavour, Symbol, TargetError};
+use super::{KeyHook, OpenSslTarget, SslFlavour, Symbol, TargetError};
 
 /// A symbol table entry before its file offset is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +198,18 @@ const SSL_READ_EX: &str = "SSL_read_ex";
 const SSL_SET_FD: &str = "SSL_set_fd";
 const SSL_SET_WFD: &str = "SSL_set_wfd";
 const SSL_SET_BIO: &str = "SSL_set_bio";
+const EVP_CIPHER_INIT_EX: &str = "EVP_CipherInit_ex";
+
+/// `EVP_CipherInit_ex` when this file defines it (libcrypto, or a binary
+/// with OpenSSL linked in).
+pub(super) fn cipher_init(file: &ElfImage<'_>) -> Result<Option<Symbol>, TargetError> {
+    match file.lookup(&[EVP_CIPHER_INIT_EX]).get(EVP_CIPHER_INIT_EX) {
+        Some(raw) if raw.is_function() => file
+            .locate(EVP_CIPHER_INIT_EX, raw.vaddr, raw.size)
+            .map(Some),
+        _ => Ok(None),
+    }
+}
 
 // Flavour markers. libssl alone does not export libcrypto's version
 // functions, so each flavour also has a marker that lives in libssl.
@@ -255,6 +267,10 @@ pub(super) fn inspect_openssl(file: &ElfImage<'_>) -> Result<Option<OpenSslTarge
         set_bio: function(SSL_SET_BIO)?,
         flavour,
         bun_version: None,
+        key_hook: cipher_init(file)?.map(|cipher_init| KeyHook {
+            path: file.path.to_path_buf(),
+            cipher_init,
+        }),
     };
     tracing::debug!(path = %file.path.display(), ?target, "OpenSSL-compatible TLS library");
     Ok(Some(target))

@@ -75,6 +75,17 @@ pub struct OpenSslTarget {
     /// For a stripped Bun executable, whose functions were located by their
     /// structure rather than by symbols: the Bun version.
     pub bun_version: Option<String>,
+    /// Where the session's write key is set (the ciphertext strategy), in
+    /// this file or, for a shared libssl, in its libcrypto.
+    pub key_hook: Option<KeyHook>,
+}
+
+/// `EVP_CipherInit_ex`, through which OpenSSL 1.1 and 3.x set every TLS
+/// record key: the ciphertext strategy derives the GHASH key there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHook {
+    pub path: PathBuf,
+    pub cipher_init: Symbol,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,12 +227,38 @@ fn inspect_image(file: &elf::ElfImage<'_>) -> Result<Option<TlsTarget>, TargetEr
         }
         // A Go program without crypto/tls may still call OpenSSL through cgo.
     }
-    if let Some(target) = elf::inspect_openssl(file)? {
+    if let Some(mut target) = elf::inspect_openssl(file)? {
+        if target.key_hook.is_none() {
+            target.key_hook = sibling_key_hook(file.path);
+        }
         return Ok(Some(TlsTarget::OpenSsl(target)));
     }
     match bun::version(file) {
         Some(version) => bun::inspect(file, &version).map(|t| Some(TlsTarget::OpenSsl(t))),
         None => Ok(None),
+    }
+}
+
+/// A shared libssl's keys are set in the libcrypto next to it, named with the
+/// same version suffix (`libssl.so.3` and `libcrypto.so.3`). None when there
+/// is no such file or it lacks the function: the ciphertext strategy then
+/// reports the session as unknown (fail closed).
+fn sibling_key_hook(libssl: &Path) -> Option<KeyHook> {
+    let name = libssl.file_name()?.to_str()?;
+    let suffix = name.strip_prefix("libssl")?;
+    let path = libssl.with_file_name(format!("libcrypto{suffix}"));
+    let data = std::fs::read(&path).ok()?;
+    let image = elf::ElfImage::parse(&path, &data).ok()??;
+    match elf::cipher_init(&image) {
+        Ok(Some(cipher_init)) => Some(KeyHook {
+            path: path.clone(),
+            cipher_init,
+        }),
+        Ok(None) => None,
+        Err(err) => {
+            tracing::warn!(%err, "no session keys from this libcrypto");
+            None
+        }
     }
 }
 
