@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use kloak::dataplane::maps::{diff, DesiredState, Records, SecretState};
 use kloak::dataplane::targets::{file_id, inspect, system_tls_libraries};
-use kloak::dataplane::{DataPlane, EventKind, LoaderConfig, ObserveReason, Reason};
+use kloak::dataplane::{
+    DataPlane, EventKind, LoaderConfig, ObserveReason, Reason, RewriteStrategy,
+};
 use kloak::placeholder::{generate, SecretValue};
 use kloak::policy::Policy;
 
@@ -98,6 +100,9 @@ fn placeholder_of_another_cgroup_is_not_rewritten() {
         rewrite: features.write_user,
         observe_reason: ObserveReason::Lockdown,
         hold_new_executables: false,
+        strategy: RewriteStrategy::InPlace,
+        observe: false,
+        tc_handle: 0x6b7f_0000,
     })
     .expect("data plane");
     runtime

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use kloak::controller::agent::OWNED_MAPS;
 use kloak::dataplane::maps::{diff, DesiredState, Records, SecretState};
-use kloak::dataplane::{DataPlane, LoaderConfig, ObserveReason};
+use kloak::dataplane::{DataPlane, LoaderConfig, ObserveReason, RewriteStrategy};
 use kloak::placeholder::{self, SecretValue};
 use kloak::policy::{parse_hosts, Policy};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -19,6 +19,9 @@ fn config(pin_dir: &Path) -> LoaderConfig {
         rewrite: false,
         observe_reason: ObserveReason::Requested,
         hold_new_executables: false,
+        strategy: RewriteStrategy::InPlace,
+        observe: false,
+        tc_handle: 0x6b7f_0000,
     }
 }
 
