@@ -31,6 +31,28 @@ int probe_loop(struct pt_regs *ctx)
 	return 0;
 }
 
+/*
+ * Loads where a TC program may rewrite packet bytes and fix the TCP
+ * checksum: the ciphertext strategy's wire half.
+ */
+SEC("tc")
+int probe_tc_patch(struct __sk_buff *skb)
+{
+	__u32 word = 0;
+	__s64 diff = bpf_csum_diff(&word, 4, &word, 4, 0);
+
+	bpf_skb_store_bytes(skb, 0, &word, 4, 0);
+	bpf_l4_csum_replace(skb, 0, 0, (__u32)diff, 0);
+	return 0;
+}
+
+/* Loads where userspace may run a program on its own input: the load-time GCM self-test. */
+SEC("syscall")
+int probe_syscall(void *ctx)
+{
+	return 0;
+}
+
 /* Loads where uprobes may read their attach cookie (5.15+). */
 SEC("uprobe")
 int probe_cookie(struct pt_regs *ctx)

@@ -29,6 +29,9 @@ pub struct KernelFeatures {
     pub write_user: bool,
     pub bpf_loop: bool,
     pub attach_cookie: bool,
+    /// TC programs may patch packets and userspace may run the GCM self-test:
+    /// the ciphertext strategy can run.
+    pub ciphertext: bool,
     pub kprobes: bool,
     pub cgroup2: Option<PathBuf>,
 }
@@ -46,12 +49,18 @@ impl KernelFeatures {
             write_user: true,
             bpf_loop: true,
             attach_cookie: true,
+            ciphertext: true,
             kprobes: false,
             cgroup2: Some("/sys/fs/cgroup".into()),
         }
     }
 
-    /// Why rewriting cannot happen here, in words for people; None when it can.
+    /// Placeholders can be rewritten by some strategy on this kernel.
+    pub fn can_rewrite(&self) -> bool {
+        self.write_user || self.ciphertext
+    }
+
+    /// Why in-place rewriting cannot happen here, in words for people; None when it can.
     pub fn rewrite_blocker(&self) -> Option<String> {
         if self.write_user {
             return None;
@@ -106,6 +115,7 @@ pub fn probe(mount: bool) -> KernelFeatures {
         write_user: program_loads("probe_write_user"),
         bpf_loop: program_loads("probe_loop"),
         attach_cookie: program_loads("probe_cookie"),
+        ciphertext: program_loads("probe_tc_patch") && program_loads("probe_syscall"),
         kprobes: Path::new(TRACEFS).join("kprobe_events").exists(),
         cgroup2: cgroup2_mount(),
     };

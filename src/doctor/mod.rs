@@ -74,6 +74,15 @@ pub struct Report {
     pub containers: Vec<Container>,
 }
 
+/// A strategy that is missing only fails when the other one is missing too.
+fn strategy_check(name: &str, available: bool, other: bool, detail: String, remedy: &str) -> Check {
+    match (available, other) {
+        (true, _) => Check::ok(name, detail),
+        (false, true) => Check::warn(name, detail, remedy),
+        (false, false) => Check::fail(name, detail, remedy),
+    }
+}
+
 fn check(name: &str, ok: bool, detail: String, remedy: &str) -> Check {
     if ok {
         Check::ok(name, detail)
@@ -158,16 +167,32 @@ pub fn checks(features: &KernelFeatures, ringbuf: bool) -> Vec<Check> {
             format!("{} mounted: {}", probes::BPFFS, yes_no(features.bpffs)),
             "mount -t bpf bpf /sys/fs/bpf",
         ),
-        check(
-            "user-memory writes (in-place rewrite)",
+        strategy_check(
+            "in-place strategy (user-memory writes)",
             features.write_user,
+            features.ciphertext,
             // scripts/demo.sh greps `lockdown=<mode>` out of this line.
             format!(
                 "bpf_probe_write_user {} (lockdown={lockdown})",
-                if features.write_user { "allowed" } else { "refused" }
+                if features.write_user {
+                    "allowed"
+                } else {
+                    "refused"
+                }
             ),
-            "kernel lockdown (Secure Boot) forbids it: boot without lockdown (lockdown=none), or wait for \
-             kloak's ciphertext mode; until then placeholders go out unchanged (observe mode)",
+            "kernel lockdown (Secure Boot) forbids it: the ciphertext strategy rewrites AES-GCM \
+             sessions here (--strategy auto or ciphertext); boot without lockdown for the rest",
+        ),
+        strategy_check(
+            "ciphertext strategy (AES-GCM patched on the wire)",
+            features.ciphertext,
+            features.write_user,
+            format!(
+                "TC packet patching and the GCM self-test program: {}",
+                yes_no(features.ciphertext)
+            ),
+            "kloak needs BPF TC programs (CONFIG_NET_CLS_BPF / clsact) and BPF_PROG_TYPE_SYSCALL \
+             (Linux 5.14 or newer); the in-place strategy still works where user-memory writes do",
         ),
         // Informational: kloak attaches uprobes and tracepoints only.
         Check::ok(
@@ -323,23 +348,47 @@ mod tests {
         assert!(checks.iter().all(|c| c.remedy.is_none()));
     }
 
+    fn strategy<'a>(checks: &'a [Check], prefix: &str) -> &'a Check {
+        checks
+            .iter()
+            .find(|c| c.name.starts_with(prefix))
+            .expect("check present")
+    }
+
     #[test]
-    fn lockdown_fails_with_a_remedy() {
+    fn lockdown_leaves_the_ciphertext_strategy() {
         let mut f = features();
         f.write_user = false;
         f.lockdown = Some("integrity".into());
         let checks = checks(&f, true);
-        let write = checks
-            .iter()
-            .find(|c| c.name.starts_with("user-memory"))
-            .expect("check present");
-        assert_eq!(write.verdict, Verdict::Fail);
+        let write = strategy(&checks, "in-place");
+        assert_eq!(write.verdict, Verdict::Warn);
         assert!(write.detail.contains("lockdown=integrity"));
         assert!(write
             .remedy
             .as_deref()
-            .is_some_and(|r| r.contains("lockdown")));
-        assert!(!can_rewrite(&checks));
+            .is_some_and(|r| r.contains("ciphertext strategy")));
+        assert_eq!(strategy(&checks, "ciphertext").verdict, Verdict::Ok);
+        assert!(can_rewrite(&checks));
+    }
+
+    #[test]
+    fn lockdown_without_ciphertext_fails_with_a_remedy() {
+        let mut f = features();
+        f.write_user = false;
+        f.ciphertext = false;
+        f.lockdown = Some("integrity".into());
+        let neither = checks(&f, true);
+        assert_eq!(strategy(&neither, "in-place").verdict, Verdict::Fail);
+        assert_eq!(strategy(&neither, "ciphertext").verdict, Verdict::Fail);
+        assert!(!can_rewrite(&neither));
+        f.write_user = true;
+        let in_place_only = checks(&f, true);
+        assert_eq!(
+            strategy(&in_place_only, "ciphertext").verdict,
+            Verdict::Warn
+        );
+        assert!(can_rewrite(&in_place_only));
     }
 
     #[test]
@@ -402,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn lockdown_integrity_fixture_cannot_rewrite() {
+    fn lockdown_integrity_fixture_warns() {
         let root = tempfile::tempdir().expect("tempdir");
         healthy_root(root.path());
         write(
@@ -411,13 +460,14 @@ mod tests {
             "none [integrity] confidentiality\n",
         );
         let (checks, _) = node_checks(root.path(), &root.path().join("no-pins"));
-        let failed: Vec<&str> = checks
+        let warned: Vec<&str> = checks
             .iter()
-            .filter(|c| c.verdict == Verdict::Fail)
+            .filter(|c| c.verdict != Verdict::Ok)
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(failed, ["lockdown"]);
-        assert!(!can_rewrite(&checks));
+        // Whether anything rewrites is the kernel probes' call (checks()), not the file's.
+        assert_eq!(warned, ["lockdown"]);
+        assert!(can_rewrite(&checks));
     }
 
     #[test]
@@ -448,6 +498,7 @@ mod tests {
     fn table_shows_remedies_and_the_verdict() {
         let mut f = features();
         f.write_user = false;
+        f.ciphertext = false;
         f.lockdown = Some("integrity".into());
         let checks = checks(&f, true);
         let report = Report {
@@ -460,7 +511,7 @@ mod tests {
         let text = table(&report);
         // scripts/demo.sh greps the lockdown mode out of the table.
         assert!(text.contains("lockdown=integrity"));
-        assert!(text.contains("remedy: kernel lockdown"));
+        assert!(text.contains("remedy: kernel lockdown (Secure Boot) forbids it"));
         assert!(text.ends_with("this node cannot rewrite placeholders (they go out unchanged)\n"));
     }
 }

@@ -292,12 +292,20 @@ mod tests {
         counters[CTR_REWRITTEN as usize] = 5;
         let check = decisions_check("controller", &counters);
         assert_eq!(check.verdict, Verdict::Ok);
-        assert_eq!(check.detail, "rewritten 5, blocked 0");
+        assert_eq!(
+            check.detail,
+            "rewritten 5 in place, 0 in the ciphertext (0 segments patched, 0 of them retransmissions), blocked 0"
+        );
         // Reason 1 is KLOAK_REASON_HOST_NOT_ALLOWED.
         counters[CTR_BLOCKED_BASE as usize + 1] = 3;
         let check = decisions_check("controller", &counters);
         assert_eq!(check.verdict, Verdict::Warn);
-        assert_eq!(check.detail, "rewritten 5, blocked: host_not_allowed=3");
+        assert!(check.detail.ends_with("blocked: host_not_allowed=3"));
+        counters[CTR_CT_FAILED as usize] = 1;
+        assert_eq!(
+            decisions_check("controller", &counters).verdict,
+            Verdict::Fail
+        );
         assert!(check.remedy.is_some());
     }
 

@@ -321,6 +321,14 @@ mod tests {
         };
         eprintln!("{}: {t:#x?}", path.display());
         assert_eq!(t.flavour, SslFlavour::OpenSsl3);
+        // Keys are set in the libcrypto next to it (the ciphertext strategy).
+        let hook = t
+            .key_hook
+            .as_ref()
+            .expect("EVP_CipherInit_ex in libcrypto.so.3");
+        assert!(hook.path.ends_with("libcrypto.so.3"));
+        let crypto = std::fs::read(&hook.path).unwrap();
+        assert_offset_consistent(&hook.path, &crypto, "EVP_CipherInit_ex", &hook.cipher_init);
         let ex = t.ssl_write_ex.expect("SSL_write_ex in OpenSSL 3");
         assert_offset_consistent(path, &data, "SSL_write", &t.ssl_write);
         assert_offset_consistent(path, &data, "SSL_write_ex", &ex);
@@ -346,6 +354,12 @@ mod tests {
         };
         eprintln!("{}: {t:#x?}", path.display());
         assert_offset_consistent(path, &data, "SSL_write", &t.ssl_write);
+        let hook = t
+            .key_hook
+            .as_ref()
+            .expect("node links EVP_CipherInit_ex in");
+        assert_eq!(hook.path, path);
+        assert_offset_consistent(path, &data, "EVP_CipherInit_ex", &hook.cipher_init);
         if let Some(ex) = t.ssl_write_ex {
             assert_offset_consistent(path, &data, "SSL_write_ex", &ex);
         }
