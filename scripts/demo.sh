@@ -2,9 +2,10 @@
 # The 60-second demo: a real program sends a placeholder; the allowed server
 # receives the real secret, a server that is not allowed receives the placeholder.
 #
-#   sudo scripts/demo.sh          build, then run here, or inside a VM with a
-#                                 Debian kernel when this kernel refuses
-#                                 user-memory writes (lockdown)
+#   sudo scripts/demo.sh          build, then run here: in place where the kernel
+#                                 allows user-memory writes, else (lockdown) with
+#                                 the ciphertext strategy; inside a VM with a
+#                                 Debian kernel only when neither can run here
 #   scripts/demo.sh --inside      the demo itself (what runs in the VM)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,12 +18,13 @@ if [ "${1:-}" != --inside ]; then
   scripts/install-deps.sh
   cargo build --locked
   scripts/build-test-clients.sh >/dev/null
-  if "$KLOAK" doctor --json 2>/dev/null | grep -q '"write_user": *true'; then
+  if "$KLOAK" doctor --json 2>/dev/null | grep -qE '"(write_user|ciphertext)": *true'; then
     exec "$0" --inside
   fi
   blocker=$("$KLOAK" doctor 2>/dev/null | grep -o 'lockdown=[a-z]*' | head -1 || true)
-  echo "This kernel refuses user-memory writes (${blocker:-bpf_probe_write_user refused}), so kloak can only"
-  echo "observe here. Running the same demo inside a VM with Debian's 6.12 kernel (about a minute)..."
+  echo "This kernel refuses user-memory writes (${blocker:-bpf_probe_write_user refused}) and cannot patch"
+  echo "packets with TC programs, so kloak can only observe here. Running the same demo inside a VM with"
+  echo "Debian's 6.12 kernel (about a minute)..."
   echo
   exec scripts/vm.sh --kernel trixie --timeout 900 -- scripts/demo.sh --inside
 fi
@@ -50,6 +52,12 @@ printf 'nameserver 127.0.0.53\n' > "$work/resolv.conf"
 
 echo "Secret OPENAI_API_KEY = $secret (kloak keeps it; the app never sees it)"
 echo "Policy: only api.example.test:8443, as resolved by the trusted DNS server 127.0.0.53"
+if "$KLOAK" doctor --json 2>/dev/null | grep -q '"write_user": *true'; then
+  echo "Strategy: auto (AES-GCM sessions are patched in the ciphertext, others rewritten in place)"
+else
+  echo "Strategy: ciphertext (kernel lockdown: the real value is patched into the AES-GCM record"
+  echo "          on the wire, so it never enters the app's memory)"
+fi
 echo
 export CURL_CA_BUNDLE=$CERTS/ca.pem
 unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$work/resolv.conf" \
