@@ -28,6 +28,11 @@ pub mod bench {
     include!(concat!(env!("OUT_DIR"), "/bench.skel.rs"));
 }
 
+/// Test only: the segment dropper of `kloak-drop-first`.
+pub mod dropfirst {
+    include!(concat!(env!("OUT_DIR"), "/dropfirst.skel.rs"));
+}
+
 pub use kloak::types;
 
 macro_rules! plain {

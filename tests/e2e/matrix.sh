@@ -29,12 +29,8 @@ PG_PORT=15432  # not 5432: a distribution's own cluster may hold that one
 PG_BIN=$(find /usr/lib/postgresql -path '*/bin/postgres' 2>/dev/null | sort -V | tail -1)
 PG_BIN=${PG_BIN%/postgres}
 
-# Every missing piece is one FAIL line: this tier never passes by running less.
+# Every missing piece is one FAIL line (need, in lib.sh): this tier never passes by running less.
 missing=0
-need() { # WHAT COMMAND...: a FAIL line unless COMMAND succeeds
-  local what=$1; shift
-  "$@" > /dev/null 2>&1 || { fail prerequisites "$what"; missing=1; }
-}
 [ "$(id -u)" -eq 0 ] || { fail prerequisites "the matrix needs root"; summary; exit 1; }
 need "kloak binary $KLOAK (cargo build)" test -x "$KLOAK"
 need "test certificates in $CERTS (scripts/build-test-clients.sh)" test -e "$CERTS/server.pem"

@@ -9,6 +9,9 @@ Values expand $VARS from the environment (where kloak puts placeholders).
 SSL writes cut inside the first placeholder.
 Also checks S5: after each request, the bytes object that was sent must hold
 the placeholder again (kloak writes it back once OpenSSL is done).
+--hold-file PATH: once every request got its answer, writes "sent PID" to PATH
+and waits (at most 10 minutes) until PATH is removed, with what it sent still
+alive, so a test can inspect the process's memory meanwhile.
 """
 import argparse
 import os
@@ -17,6 +20,22 @@ import ssl
 import sys
 import time
 import urllib.request
+
+
+def hold(path, *keep):
+    """Says it is done sending, then waits until PATH is gone. KEEP: the bytes that
+    were sent, referenced here so they are still in memory while the test looks."""
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("sent %d\n" % os.getpid())
+    os.rename(tmp, path)  # whole line or nothing: the reader polls this file
+    deadline = time.monotonic() + 600
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if os.path.exists(path):
+        print("hold: %s never removed" % path, file=sys.stderr)
 
 
 def raw_request(args, context):
@@ -42,7 +61,8 @@ def raw_request(args, context):
                 print("S5 VIOLATION: the request bytes kept the real value", file=sys.stderr)
                 return 1
             reply = tls.recv(4096)
-            print(args.raw, reply.split(b"\r\n", 1)[0].decode(errors="replace"))
+            print(args.raw, reply.split(b"\r\n", 1)[0].decode(errors="replace"), flush=True)
+            hold(args.hold_file, request)
     return 0
 
 
@@ -56,11 +76,13 @@ def main():
                         help="let the first SSL_write run the handshake (no explicit SSL_do_handshake)")
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--body")
+    parser.add_argument("--hold-file", help="after the requests, write 'sent PID' here and wait until removed")
     args = parser.parse_args()
     context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE"))
     if args.raw:
         sys.exit(raw_request(args, context))
     failed = False
+    sent = []
     for url in args.url:
         headers = {}
         for header in args.header:
@@ -68,16 +90,18 @@ def main():
             headers[name.strip()] = os.path.expandvars(value.strip())
         body = os.path.expandvars(args.body).encode() if args.body else None
         request = urllib.request.Request(url, data=body, headers=headers)
+        sent.append(request)
         try:
             with urllib.request.urlopen(request, context=context, timeout=10) as response:
                 response.read()
-                print(url, response.status)
+                print(url, response.status, flush=True)
         except OSError as err:
             print(url, "error:", err)
             failed = True
         if body is not None and b"kloak:" not in body and "kloak:" in os.path.expandvars(args.body or ""):
             print("S5 VIOLATION: the request body no longer holds the placeholder", file=sys.stderr)
             failed = True
+    hold(args.hold_file, sent)
     sys.exit(1 if failed else 0)
 
 
