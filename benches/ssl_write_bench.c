@@ -4,12 +4,16 @@
 //
 // usage: ssl_write_bench SIZE ITERATIONS CERT KEY
 // The buffer holds $BENCH_PLACEHOLDER once (at offset 64) when set, so the
-// data plane has a real placeholder to find on every write.
+// data plane has a real placeholder to find on every write. With BENCH_TCP=1
+// the pair is a TCP connection over 127.0.0.1 instead (the ciphertext
+// strategy patches TCP segments, so its cost includes theirs).
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,6 +52,24 @@ static void serve(int fd, const char *cert, const char *key)
 	exit(0);
 }
 
+/* A connected TCP pair over loopback: sv[0] the client end, sv[1] the server's. */
+static int tcp_pair(int sv[2])
+{
+	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(addr);
+	int listener = socket(AF_INET, SOCK_STREAM, 0);
+
+	if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof(addr)) ||
+	    listen(listener, 1) || getsockname(listener, (struct sockaddr *)&addr, &len))
+		return -1;
+	sv[0] = socket(AF_INET, SOCK_STREAM, 0);
+	if (sv[0] < 0 || connect(sv[0], (struct sockaddr *)&addr, sizeof(addr)))
+		return -1;
+	sv[1] = accept(listener, NULL, NULL);
+	close(listener);
+	return sv[1] < 0 ? -1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	int sv[2], size, iterations;
@@ -64,8 +86,8 @@ int main(int argc, char **argv)
 	iterations = atoi(argv[2]);
 	if (size < 128 || size > 16384 || iterations < 1)
 		die("SIZE must be 128..16384 and ITERATIONS positive");
-	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
-		die("socketpair");
+	if (getenv("BENCH_TCP") ? tcp_pair(sv) : socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+		die("socket pair");
 	child = fork();
 	if (child == 0) {
 		close(sv[0]);

@@ -41,6 +41,15 @@ struct ct_record {
 	__u32 ct_len;                    /* ciphertext bytes (the tag follows them) */
 };
 
+/* A placeholder's bytes in one record, patched, its tag share still to add. */
+struct ct_part {
+	struct kloak_secret_key key;
+	__u32 slot;                      /* its patch */
+	__u32 secret_off;                /* first byte, in the secret */
+	__u32 ct_start;                  /* ... and in the record's ciphertext */
+	__u32 ct_end;
+};
+
 /* Per-CPU working memory of the ciphertext path. */
 struct ct_scratch {
 	struct aes_scratch aes;
@@ -57,6 +66,11 @@ struct ct_scratch {
 	__u32 from;                      /* dbuf fill: secret bytes from here */
 	__u32 lead;                      /* ... go to dbuf[lead] on */
 	struct ct_record rec;            /* the record being bound */
+	struct ct_part parts[KLOAK_CT_MAX_ITEMS];  /* ... and its placeholders' patches */
+	__u32 nparts;
+	/* off the stack: the socket-write programs share 512 bytes with their callbacks (6.1) */
+	struct kloak_flow_key fkey;
+	struct peer peer;
 	/* GHASH difference, by Horner's rule over the changed blocks */
 	struct gf128 acc;
 	struct gf128 d;                  /* the difference of block `cur`, still open */
@@ -88,24 +102,25 @@ static __always_inline struct ct_scratch *ct_scratch(void)
 
 /* ---- GHASH difference ---- */
 
-static __always_inline struct gf128 gf128_xor(struct gf128 a, struct gf128 b)
-{
-	struct gf128 r = { .hi = a.hi ^ b.hi, .lo = a.lo ^ b.lo };
-
-	return r;
-}
-
-/* x * H^e, from the session's H^(2^i). */
-static __always_inline struct gf128 gf128_mul_pow(struct gf_mul *m, struct gf128 x,
-						 struct kloak_ct_session *sess, __u32 e)
+/* *acc = *acc * H^e, from the session's H^(2^i). */
+static __always_inline void gf128_mul_pow_into(struct gf_mul *m, struct gf128 *acc,
+					       struct kloak_ct_session *sess, __u32 e)
 {
 	for (__u32 i = 0; i < KLOAK_CT_POW_BITS; i++) {
 		if ((e >> i) == 0)
 			break;
 		if ((e >> i) & 1)
-			x = gf128_mul(m, x, gf128_load(sess->h_pow[i]));
+			gf128_mul_into(m, acc, sess->h_pow[i]);
 	}
-	return x;
+}
+
+/* Closes the open block: acc = (acc ^ d) * H. */
+static __always_inline void tag_close_block(struct ct_scratch *s, struct kloak_ct_session *sess)
+{
+	s->acc.hi ^= s->d.hi;
+	s->acc.lo ^= s->d.lo;
+	gf128_mul_into(&s->mul, &s->acc, sess->h);
+	s->d.hi = s->d.lo = 0;
 }
 
 /* H^(2^i) for every i, from sess->h. */
@@ -154,18 +169,19 @@ static long tag_block_step(__u64 index, void *data)
 {
 	struct tag_loop *t = data;
 	struct ct_scratch *s = t->s;
-	__u32 j = t->first_block + (__u32)index, base = j * 16;
+	__u32 j = t->first_block + (__u32)index, base = j * 16, off;
 
 	if (base >= t->part_end || j >= GHASH_BLOCKS_MAX)
 		return 1;
 	if (s->has && j != s->cur) {
-		s->acc = gf128_mul(&s->mul, gf128_xor(s->acc, s->d), gf128_load(t->sess->h));
-		s->acc = gf128_mul_pow(&s->mul, s->acc, t->sess, j - s->cur - 1);
-		s->d.hi = s->d.lo = 0;
+		tag_close_block(s, t->sess);
+		gf128_mul_pow_into(&s->mul, &s->acc, t->sess, j - s->cur - 1);
 	}
 	s->has = 1;
 	s->cur = j;
-	s->d = gf128_xor(s->d, gf128_load(&s->dbuf[((__u32)index * 16) & (DBUF_SIZE - 16)]));
+	off = ((__u32)index * 16) & (DBUF_SIZE - 16);
+	s->d.hi ^= __builtin_bswap64(*(__u64 *)&s->dbuf[off]);
+	s->d.lo ^= __builtin_bswap64(*(__u64 *)&s->dbuf[off + 8]);
 	return 0;
 }
 
@@ -192,12 +208,12 @@ static __always_inline void tag_add_part(struct ct_scratch *s, struct kloak_ct_s
 static __always_inline struct gf128 tag_finish(struct ct_scratch *s, struct kloak_ct_session *sess, __u32 ct_len)
 {
 	__u32 blocks = (ct_len + 15) / 16;
-	struct gf128 acc;
 
 	if (!s->has || s->cur >= blocks)
 		return (struct gf128){};
-	acc = gf128_mul(&s->mul, gf128_xor(s->acc, s->d), gf128_load(sess->h));
-	return gf128_mul_pow(&s->mul, acc, sess, blocks - s->cur);
+	tag_close_block(s, sess);
+	gf128_mul_pow_into(&s->mul, &s->acc, sess, blocks - s->cur);
+	return s->acc;
 }
 
 /* ---- 1. key capture ---- */
@@ -353,10 +369,11 @@ static __always_inline struct kloak_ct_write *ct_write_for(__u32 tid, __u64 tls_
 static __always_inline void ct_event(struct kloak_ct_write *w, struct kloak_ct_item *item, __u32 kind,
 				     __u32 reason, struct peer *peer)
 {
-	struct kloak_event *e = event_reserve(kind, w->hook);
+	struct kloak_event *e;
 
 	if (kind == KLOAK_EVENT_TLS_BLOCKED)
 		count_blocked(reason);
+	e = event_reserve(kind, w->hook);
 	if (!e)
 		return;
 	event_set_task(e, w->cgroup_id);
@@ -373,21 +390,32 @@ static __always_inline void ct_event(struct kloak_ct_write *w, struct kloak_ct_i
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
+struct done_loop {
+	struct kloak_ct_write *w;
+};
+
+static long done_step(__u64 index, void *data)
+{
+	struct kloak_ct_write *w = ((struct done_loop *)data)->w;
+	struct kloak_ct_item *item;
+
+	if (index >= w->count || index >= KLOAK_CT_MAX_ITEMS)
+		return 1;
+	item = &w->items[index & (KLOAK_CT_MAX_ITEMS - 1)];
+	if (item->bound == 0)
+		ct_event(w, item, KLOAK_EVENT_TLS_BLOCKED, KLOAK_REASON_RECORD_NOT_SEEN, NULL);
+	return 0;
+}
+
 /* The TLS call returned: whatever was not bound to the wire went out as the placeholder (S4). */
 static __always_inline void ct_write_done(__u32 tid)
 {
-	struct kloak_ct_write *w = bpf_map_lookup_elem(&ct_writes, &tid);
+	struct done_loop loop = { .w = bpf_map_lookup_elem(&ct_writes, &tid) };
 
-	if (!w)
+	if (!loop.w)
 		return;
-	for (__u32 i = 0; i < KLOAK_CT_MAX_ITEMS; i++) {
-		struct kloak_ct_item *item = &w->items[i];
-
-		if (i >= w->count)
-			break;
-		if (item->bound == 0)
-			ct_event(w, item, KLOAK_EVENT_TLS_BLOCKED, KLOAK_REASON_RECORD_NOT_SEEN, NULL);
-	}
+	/* A callback per item: 6.1 loses track of ring-buffer records reserved in an unrolled loop. */
+	bpf_loop(KLOAK_CT_MAX_ITEMS, done_step, &loop, 0);
 	bpf_map_delete_elem(&ct_writes, &tid);
 }
 
@@ -651,7 +679,7 @@ static long bind_item_step(__u64 index, void *data)
 	if (!b->secret)
 		return 0;                /* removed since the write: fail closed (its bytes stay out of the tag) */
 	p = take_slot(s, b->flow);
-	if (!p)
+	if (!p || s->nparts >= KLOAK_CT_MAX_ITEMS)
 		return 0;
 	p->seq = s->rec.body_seq + (from - rs);
 	p->len = to - from;
@@ -660,17 +688,48 @@ static long bind_item_step(__u64 index, void *data)
 	p->use_delta = 0;
 	p->key = item->key;
 	publish(p);
-	s->from = from - start;
-	s->lead = (from - rs) & 15;
-	dbuf_open(s);
-	bpf_loop(to - from, dbuf_step, b, 0);
-	dbuf_close(s, from - rs, to - from);
-	tag_add_part(s, b->sess, from - rs, to - rs);
+	s->parts[s->nparts & (KLOAK_CT_MAX_ITEMS - 1)] = (struct ct_part){
+		.key = item->key,
+		.slot = s->slot,
+		.secret_off = from - start,
+		.ct_start = from - rs,
+		.ct_end = to - rs,
+	};
+	s->nparts += 1;
 	item->bound += to - from;
 	if (item->bound == item->len) {
 		count(KLOAK_CTR_CT_BOUND);
 		ct_event(b->w, item, KLOAK_EVENT_TLS_REWRITTEN, KLOAK_REASON_NONE, b->peer);
 	}
+	return 0;
+}
+
+/*
+ * One patched part's share of the record's tag difference. Apart from the
+ * placement (bind_item_step): the frames of this chain of callbacks must fit
+ * 512 bytes together.
+ */
+static long tag_part_step(__u64 index, void *data)
+{
+	struct bind_ctx *b = data;
+	struct ct_scratch *s = b->s;
+	struct ct_part *part;
+
+	if (index >= s->nparts || index >= KLOAK_CT_MAX_ITEMS)
+		return 1;
+	part = &s->parts[index & (KLOAK_CT_MAX_ITEMS - 1)];
+	b->secret = bpf_map_lookup_elem(&secrets, &part->key);
+	if (!b->secret) {
+		/* Removed since it was placed: withdraw the patch, the record stays whole (S4). */
+		b->flow->patches[part->slot & (KLOAK_CT_MAX_PATCHES - 1)].state = KLOAK_PATCH_FREE;
+		return 0;
+	}
+	s->from = part->secret_off;
+	s->lead = part->ct_start & 15;
+	dbuf_open(s);
+	bpf_loop(part->ct_end - part->ct_start, dbuf_step, b, 0);
+	dbuf_close(s, part->ct_start, part->ct_end - part->ct_start);
+	tag_add_part(s, b->sess, part->ct_start, part->ct_end);
 	return 0;
 }
 
@@ -685,8 +744,10 @@ static long bind_record_step(__u64 index, void *data)
 	if (index >= s->nrec || index >= KLOAK_CT_MAX_RECORDS)
 		return 1;
 	s->rec = s->recs[index & (KLOAK_CT_MAX_RECORDS - 1)];
-	tag_begin(s);
+	s->nparts = 0;
 	bpf_loop(KLOAK_CT_MAX_ITEMS, bind_item_step, b, 0);
+	tag_begin(s);
+	bpf_loop(KLOAK_CT_MAX_ITEMS, tag_part_step, b, 0);
 	if (!s->has)
 		return 0;
 	delta = tag_finish(s, b->sess, s->rec.ct_len);
@@ -714,8 +775,6 @@ static __always_inline void ct_on_socket_write(__u32 tid, __u64 tls_ptr, int fd,
 	struct kloak_conn_key skey = conn_key(tls_ptr);
 	struct bind_ctx b = { .w = w, .buf = buf, .len = len };
 	struct slot_loop slots;
-	struct kloak_flow_key fkey;
-	struct peer peer = {};
 	struct sock *sk;
 
 	if (!w || w->tls_ptr != tls_ptr || !w->count || w->fd != fd || !buf)
@@ -723,7 +782,7 @@ static __always_inline void ct_on_socket_write(__u32 tid, __u64 tls_ptr, int fd,
 	b.sess = bpf_map_lookup_elem(&ct_sessions, &skey);
 	b.s = ct_scratch();
 	sk = tcp_sock_of_fd(fd);
-	if (!b.sess || !b.s || !sk || !flow_key_of(sk, &fkey))
+	if (!b.sess || !b.s || !sk || !flow_key_of(sk, &b.s->fkey))
 		return;
 	b.seq0 = BPF_CORE_READ((struct tcp_sock *)sk, write_seq);
 	b.s->nrec = 0;
@@ -734,7 +793,7 @@ static __always_inline void ct_on_socket_write(__u32 tid, __u64 tls_ptr, int fd,
 	if (!b.s->nrec)
 		return;
 	bpf_loop(KLOAK_CT_MAX_ITEMS, crossing_step, &b, 0);
-	b.flow = flow_for(&fkey);
+	b.flow = flow_for(&b.s->fkey);
 	if (!b.flow)
 		return;
 	b.s->need = 0;
@@ -748,8 +807,8 @@ static __always_inline void ct_on_socket_write(__u32 tid, __u64 tls_ptr, int fd,
 		bpf_loop(KLOAK_CT_MAX_ITEMS, table_full_step, &b, 0);
 		return;
 	}
-	if (peer_of_fd(fd, &peer))
-		b.peer = &peer;
+	if (peer_of_fd(fd, &b.s->peer))
+		b.peer = &b.s->peer;
 	bpf_loop(KLOAK_CT_MAX_RECORDS, bind_record_step, &b, 0);
 }
 

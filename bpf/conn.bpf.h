@@ -265,8 +265,44 @@ static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
 	/* The ClientHello leaves during the handshake call (call->buf is 0 there). */
 	if (buf && !call->buf)
 		conn_learn_sni(&key, buf, len);
-	if (call->buf)
-		ct_on_socket_write(tid, call->tls_ptr, fd, buf, len);
+}
+
+/*
+ * Attribution and the ciphertext strategy's binding each run in a callback
+ * of their own: a callback gets its own stack frame, and on 6.1 the frames
+ * of a program and everything it calls share 512 bytes.
+ */
+struct socket_write {
+	const __u8 *buf;
+	__s32 fd;
+	__u32 len;
+};
+
+static long attribute_step(__u64 index, void *data)
+{
+	struct socket_write *w = data;
+
+	on_socket_write(w->fd, w->buf, w->len);
+	return 1;
+}
+
+static long bind_step(__u64 index, void *data)
+{
+	struct socket_write *w = data;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct kloak_tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
+
+	if (call && call->buf)
+		ct_on_socket_write(tid, call->tls_ptr, w->fd, w->buf, w->len);
+	return 1;
+}
+
+static __always_inline void socket_write(int fd, const __u8 *buf, __u32 len)
+{
+	struct socket_write w = { .buf = buf, .fd = fd, .len = len };
+
+	bpf_loop(1, attribute_step, &w, 0);
+	bpf_loop(1, bind_step, &w, 0);
 }
 
 /* Cheap test first: is this thread inside, or just out of, a TLS call? */
@@ -280,14 +316,14 @@ static __always_inline bool tls_thread(void)
 SEC("tracepoint/syscalls/sys_enter_write")
 int handle_sys_write(struct trace_event_raw_sys_enter *ctx)
 {
-	on_socket_write((int)ctx->args[0], (const __u8 *)ctx->args[1], (__u32)ctx->args[2]);
+	socket_write((int)ctx->args[0], (const __u8 *)ctx->args[1], (__u32)ctx->args[2]);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int handle_sys_sendto(struct trace_event_raw_sys_enter *ctx)
 {
-	on_socket_write((int)ctx->args[0], (const __u8 *)ctx->args[1], (__u32)ctx->args[2]);
+	socket_write((int)ctx->args[0], (const __u8 *)ctx->args[1], (__u32)ctx->args[2]);
 	return 0;
 }
 
@@ -301,9 +337,9 @@ int handle_sys_sendmsg(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ctx->args[1]) || !msg.msg_iov ||
 	    bpf_probe_read_user(&iov, sizeof(iov), msg.msg_iov))
-		on_socket_write((int)ctx->args[0], NULL, 0);
+		socket_write((int)ctx->args[0], NULL, 0);
 	else
-		on_socket_write((int)ctx->args[0], iov.iov_base, (__u32)iov.iov_len);
+		socket_write((int)ctx->args[0], iov.iov_base, (__u32)iov.iov_len);
 	return 0;
 }
 
@@ -315,9 +351,9 @@ int handle_sys_writev(struct trace_event_raw_sys_enter *ctx)
 	if (!tls_thread())
 		return 0;
 	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)ctx->args[1]))
-		on_socket_write((int)ctx->args[0], NULL, 0);
+		socket_write((int)ctx->args[0], NULL, 0);
 	else
-		on_socket_write((int)ctx->args[0], iov.iov_base, (__u32)iov.iov_len);
+		socket_write((int)ctx->args[0], iov.iov_base, (__u32)iov.iov_len);
 	return 0;
 }
 

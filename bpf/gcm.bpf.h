@@ -75,6 +75,24 @@ static long gf_mul_step(__u64 index, void *data)
 	return 0;
 }
 
+/* *acc = *acc * y, all in map memory: nothing big on the caller's stack. */
+static __always_inline void gf128_mul_into(struct gf_mul *m, struct gf128 *acc, const __u8 y[16])
+{
+	struct gf_mul_loop loop = { .m = m };
+	__u64 word;
+
+	m->x[0] = acc->hi;
+	m->x[1] = acc->lo;
+	__builtin_memcpy(&word, y, 8);
+	m->v.hi = __builtin_bswap64(word);
+	__builtin_memcpy(&word, y + 8, 8);
+	m->v.lo = __builtin_bswap64(word);
+	m->z.hi = m->z.lo = 0;
+	bpf_loop(128 / GF_MUL_STEP_BITS, gf_mul_step, &loop, 0);
+	acc->hi = m->z.hi;
+	acc->lo = m->z.lo;
+}
+
 /* x * y in GF(2^128), reduction polynomial x^128 + x^7 + x^2 + x + 1 (R = 0xe1 || 0^120). */
 static __always_inline struct gf128 gf128_mul(struct gf_mul *m, struct gf128 x, struct gf128 y)
 {

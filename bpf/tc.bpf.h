@@ -15,7 +15,7 @@
 #ifndef KLOAK_TC_BPF_H
 #define KLOAK_TC_BPF_H
 
-#define TC_ACT_OK 0
+#define TC_ACT_UNSPEC (-1)            /* no verdict: the next filter (a CNI's, say) still runs */
 #define ETH_HLEN 14
 #define TCP_FLAG_ACK 0x10
 #define IP_FRAG_MASK 0x3fff
@@ -162,10 +162,9 @@ static long patch_chunk_step(__u64 index, void *data)
 	n = l->len - done;
 	if (n > PATCH_CHUNK)
 		n = PATCH_CHUNK;
+	/* 1..64 by construction: 6.1's verifier needs the lower bound in the arithmetic itself. */
 	barrier_var(n);
-	n &= PATCH_CHUNK * 2 - 1;
-	if (n == 0 || n > PATCH_CHUNK)
-		return 1;
+	n = ((n - 1) & (PATCH_CHUNK - 1)) + 1;
 	at = l->pkt_off + done;
 	from = l->patch_off + done;
 	__builtin_memset(b->old, 0, sizeof(b->old));
@@ -279,10 +278,10 @@ int handle_ct_patch(struct __sk_buff *skb)
 	struct tcp_packet pkt;
 
 	if (!parse_tcp(skb, &pkt))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	patch_segment(skb, &pkt);
 	on_ack(&pkt);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")
@@ -292,7 +291,7 @@ int handle_ct_ack(struct __sk_buff *skb)
 
 	if (parse_tcp(skb, &pkt))
 		on_ack(&pkt);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 /* A connection ended: its patches can never be sent again. */

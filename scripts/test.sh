@@ -65,7 +65,10 @@ fi
 if [[ " $tiers " == *" host "* ]]; then
   expect=observe
   target/debug/kloak doctor --json 2>/dev/null | grep -q '"write_user": *true' && expect=rewrite
-  echo "== tier 2: host BPF ($(uname -r), expecting $expect)"
+  echo "== tier 2: host BPF ($(uname -r), in-place strategy expecting $expect)"
+  # The scenario files below prove the in-place strategy (and, under lockdown, that it fails
+  # closed); ciphertext.sh proves the ciphertext strategy, which works on any kernel.
+  export KLOAK_STRATEGY=in-place
   cargo test --locked --test pins --test binding -- --ignored 2>&1 | tee "$logs/host-integration.log" || status=1
   E2E_WORK=$logs/host tests/e2e/scenarios.sh --expect "$expect" 2>&1 | tee "$logs/host.log"
   count "$logs/host.log" "host $(uname -r)"
@@ -78,9 +81,10 @@ if [[ " $tiers " == *" host "* ]]; then
   count "$logs/host-matrix.log" "host $(uname -r) client matrix"
   E2E_WORK=$logs/host-doctor tests/e2e/doctor.sh 2>&1 | tee "$logs/host-doctor.log"
   count "$logs/host-doctor.log" "host doctor"
-  # enabled when the ciphertext strategy lands
-  # E2E_WORK=$logs/host-ct tests/e2e/ciphertext.sh 2>&1 | tee "$logs/host-ct.log"
-  # count "$logs/host-ct.log" "host $(uname -r) ciphertext"
+  unset KLOAK_STRATEGY
+  echo "== tier 2: host BPF ($(uname -r)), ciphertext strategy"
+  E2E_WORK=$logs/host-ct tests/e2e/ciphertext.sh 2>&1 | tee "$logs/host-ct.log"
+  count "$logs/host-ct.log" "host $(uname -r) ciphertext"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
@@ -91,22 +95,27 @@ if [[ " $tiers " == *" vm "* ]]; then
     vm_root=/var/tmp/kloak-vm-stage/$(basename "$root")
     rm -rf "$vm_root" && mkdir -p "$vm_root/target/debug" "$vm_root/target/e2e"
     cp -r tests scripts "$vm_root/"
-    cp target/debug/kloak "$vm_root/target/debug/"
+    cp target/debug/kloak target/debug/kloak-drop-first "$vm_root/target/debug/"
     cp -r target/e2e/goclient target/e2e/go target/e2e/certs "$vm_root/target/e2e/"
   fi
   for kernel in $kernels; do
     echo "== tier 3: VM, Debian $kernel kernel"
-    # One boot for both scenario files; each ends with its own result line.
+    # One boot for three scenario files; each ends with its own result line. The security
+    # scenarios run with the default strategy (auto): OpenSSL clients' AES-GCM sessions are
+    # patched in the ciphertext, Go and HPACK Huffman headers rewritten in place.
     (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 2400 -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
-             E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel.log"
-    count "$logs/vm-$kernel.log" "vm $kernel" 2
+             E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite;
+             E2E_WORK=/tmp/e2e-ct tests/e2e/ciphertext.sh") 2>&1 | tee "$logs/vm-$kernel.log"
+    count "$logs/vm-$kernel.log" "vm $kernel" 3
     echo "== tier 3: VM, Debian $kernel kernel, Bun"
     (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --cpu max --timeout 900 -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel-bun.log"
     count "$logs/vm-$kernel-bun.log" "vm $kernel bun"
     echo "== tier 3: VM, Debian $kernel kernel, client matrix"
-    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 1800 --env "KLOAK_CLIENT_VENV=$client_venv" -- \
+    # The client matrix proves the in-place strategy for every runtime.
+    (cd "$vm_root" && scripts/vm.sh --kernel "$kernel" --timeout 1800 --env "KLOAK_CLIENT_VENV=$client_venv" \
+      --env KLOAK_STRATEGY=in-place -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/matrix.sh --expect rewrite") 2>&1 | tee "$logs/vm-$kernel-matrix.log"
     count "$logs/vm-$kernel-matrix.log" "vm $kernel client matrix"
   done
