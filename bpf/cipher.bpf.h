@@ -318,16 +318,31 @@ int BPF_UPROBE(handle_cipher_init, void *cctx, void *cipher, void *engine, const
 	return 0;
 }
 
+/*
+ * Set by the loader once a tc filter patches packets somewhere: before that
+ * (or where filters cannot attach) a bound record would leave unpatched, and
+ * its event would claim a rewrite that never reached the wire.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ct_wired SEC(".maps");
+
 /* KLOAK_REASON_NONE when placeholders of this object can be patched in its ciphertext. */
 static __always_inline __u32 ct_session_reason(__u64 tls_ptr)
 {
 	struct kloak_conn_key key = conn_key(tls_ptr);
 	struct kloak_ct_session *sess = bpf_map_lookup_elem(&ct_sessions, &key);
+	__u32 zero = 0, *wired = bpf_map_lookup_elem(&ct_wired, &zero);
 
 	if (!sess || sess->cipher == KLOAK_CIPHER_UNKNOWN)
 		return KLOAK_REASON_CIPHER_STATE_UNKNOWN;
 	if (sess->cipher == KLOAK_CIPHER_OTHER)
 		return KLOAK_REASON_CIPHER_UNSUPPORTED;
+	if (!wired || !*wired)
+		return KLOAK_REASON_WIRE_UNAVAILABLE;
 	return KLOAK_REASON_NONE;
 }
 

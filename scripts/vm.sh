@@ -26,7 +26,7 @@
 # root, read-only (9p, cache=loose); private /tmp, /run, /dev/shm; fresh proc, sysfs, devtmpfs, tracefs
 # (/sys/kernel/tracing), bpffs (/sys/fs/bpf), securityfs, debugfs and a pure cgroup2 at /sys/fs/cgroup.
 # Modules: virtio_pci, 9p, 9pnet_virtio and their dependencies (resolved with modinfo), plus veth,
-# sch_netem, sch_prio when present. The command sees KLOAK_VM=1, KLOAK_VM_KERNEL, KLOAK_VM_SHARE.
+# sch_netem, sch_prio, sch_ingress, cls_bpf when present. The command sees KLOAK_VM=1, KLOAK_VM_KERNEL, KLOAK_VM_SHARE.
 # Kernel and initramfs messages, then the command's output, are streamed to stdout.
 #
 # Exit code: the guest command's own exit code; 2 when the guest never reached the command (the last
@@ -223,7 +223,8 @@ add_module() {
 for m in virtio_pci 9p 9pnet_virtio; do
   add_module "$m" || { echo "vm: required module $m missing from $kver" >&2; exit 2; }
 done
-for m in veth sch_netem sch_prio "${extra_modules[@]}"; do
+# sch_ingress (clsact) and cls_bpf: the ciphertext strategy's tc filters.
+for m in veth sch_netem sch_prio sch_ingress cls_bpf "${extra_modules[@]}"; do
   add_module "$m" || echo "vm: optional module $m not in $kver, skipped" >&2
 done
 

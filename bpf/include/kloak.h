@@ -63,7 +63,8 @@ enum kloak_reason {
 	KLOAK_REASON_PATCH_TABLE_FULL = 19,
 	KLOAK_REASON_RECORD_NOT_SEEN = 20,       /* no socket write of the TLS call carried it */
 	KLOAK_REASON_ENCODING_UNSUPPORTED = 21,  /* HPACK Huffman: in-place strategy only */
-	KLOAK_REASON_MAX = 22,
+	KLOAK_REASON_WIRE_UNAVAILABLE = 22,      /* no tc filter attached to patch packets */
+	KLOAK_REASON_MAX = 23,
 };
 
 /* How a rewrite reaches the wire (cfg_strategy; the event's strategy). */

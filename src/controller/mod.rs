@@ -11,6 +11,7 @@ pub mod ops;
 pub mod pods;
 pub mod shadows;
 pub mod tracker;
+pub mod wire;
 
 mod node;
 
@@ -150,6 +151,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
         leader: leader_rx,
         retry: BTreeSet::new(),
         synced_once: false,
+        wired: BTreeSet::new(),
     };
     let result = node
         .run_loop(

@@ -2,6 +2,7 @@
 //! timers, one at a time, so state changes never race each other.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
@@ -10,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, trace, warn};
 
-use crate::dataplane::{DataPlane, Event, EventKind};
+use crate::dataplane::{DataPlane, Event, EventKind, WireSide};
 use crate::secrets::SecretRef;
 
 use super::agent::{Agent, Feed};
@@ -25,6 +26,9 @@ use super::unix_now;
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// How often kernel counters (ring-buffer losses) are read.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(10);
+/// How often new pods' interfaces are looked for (the ciphertext strategy patches there).
+const WIRE_INTERVAL: Duration = Duration::from_secs(1);
+const CLASS_NET: &str = "/sys/class/net";
 
 pub struct Node {
     pub agent: Agent<DataPlane>,
@@ -36,6 +40,8 @@ pub struct Node {
     /// Sources whose shadow write failed, retried on a timer.
     pub retry: BTreeSet<SecretRef>,
     pub synced_once: bool,
+    /// Pod interfaces with the ciphertext strategy's filters attached.
+    pub wired: BTreeSet<super::wire::HostEnd>,
 }
 
 impl Node {
@@ -50,6 +56,7 @@ impl Node {
         let mut resync_timer = tokio::time::interval(resync);
         let mut retry_timer = tokio::time::interval(RETRY_INTERVAL);
         let mut counter_timer = tokio::time::interval(COUNTER_INTERVAL);
+        let mut wire_timer = tokio::time::interval(WIRE_INTERVAL);
         loop {
             tokio::select! {
                 Some(update) = updates.next() => {
@@ -79,6 +86,7 @@ impl Node {
                     }
                 }
                 _ = counter_timer.tick() => self.read_counters().await,
+                _ = wire_timer.tick() => self.wire_pods().await,
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
@@ -246,6 +254,34 @@ impl Node {
             }
             _ => {
                 trace!(kind = ?event.kind, reason = event.reason.name(), pid = event.pid, "data plane event")
+            }
+        }
+    }
+
+    /*
+     * Attaches the ciphertext strategy's filters to the host end of every new
+     * pod interface. Until a pod's interface is wired its records leave
+     * unpatched: whole, with the placeholder (fail closed).
+     */
+    async fn wire_pods(&mut self) {
+        let ends = super::wire::pod_host_ends(Path::new(CLASS_NET));
+        self.wired.retain(|end| ends.contains(end));
+        for end in ends {
+            if self.wired.contains(&end) {
+                continue;
+            }
+            match self
+                .agent
+                .sink()
+                .attach_wire(end.ifindex, &end.name, WireSide::PodHostEnd)
+                .await
+            {
+                Ok(true) => {
+                    info!(interface = %end.name, "pod interface wired for the ciphertext strategy");
+                    self.wired.insert(end);
+                }
+                Ok(false) => return,
+                Err(err) => warn!(interface = %end.name, %err, "cannot wire pod interface"),
             }
         }
     }

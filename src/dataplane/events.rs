@@ -59,6 +59,7 @@ pub enum Reason {
     PatchTableFull,
     RecordNotSeen,
     EncodingUnsupported,
+    WireUnavailable,
     Unknown,
 }
 
@@ -88,6 +89,7 @@ impl Reason {
             Self::PatchTableFull => "patch_table_full",
             Self::RecordNotSeen => "record_not_seen",
             Self::EncodingUnsupported => "encoding_unsupported",
+            Self::WireUnavailable => "wire_unavailable",
             Self::Unknown => "unknown",
         }
     }
@@ -116,6 +118,7 @@ impl Reason {
             kloak_reason::KLOAK_REASON_PATCH_TABLE_FULL => Self::PatchTableFull,
             kloak_reason::KLOAK_REASON_RECORD_NOT_SEEN => Self::RecordNotSeen,
             kloak_reason::KLOAK_REASON_ENCODING_UNSUPPORTED => Self::EncodingUnsupported,
+            kloak_reason::KLOAK_REASON_WIRE_UNAVAILABLE => Self::WireUnavailable,
             _ => Self::Unknown,
         }
     }
@@ -156,6 +159,9 @@ impl Reason {
             }
             Self::EncodingUnsupported => {
                 "HPACK Huffman-coded header: only the in-place strategy rewrites it"
+            }
+            Self::WireUnavailable => {
+                "no tc filter could be attached to patch packets (see kloak doctor: ciphertext strategy)"
             }
             Self::Unknown => "unknown reason",
         }

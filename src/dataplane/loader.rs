@@ -159,7 +159,7 @@ enum Command {
     Apply(Vec<MapOp>, Reply<()>),
     AttachDns(PathBuf, Reply<()>),
     AttachTarget(Box<(PathBuf, FileId, TlsTarget)>, Reply<usize>),
-    AttachWire(u32, WireSide, Reply<bool>),
+    AttachWire(u32, String, WireSide, Reply<bool>),
     DetachFile(FileId, Reply<usize>),
     Counters(Reply<Vec<u64>>),
     Snapshot(Vec<MapName>, Reply<Records>),
@@ -191,6 +191,11 @@ const PINNED_MAPS: &[&str] = &[
     "files",
     "counters",
     "events",
+    // The ciphertext strategy's state: a restarted agent keeps patching
+    // retransmissions of records bound before, and knows live sessions' keys.
+    "ct_sessions",
+    "ct_ciphers",
+    "ct_flows",
 ];
 
 impl DataPlane {
@@ -254,8 +259,15 @@ impl DataPlane {
 
     /// Patches the ciphertext of protected connections on interface `ifindex`.
     /// Returns false when the ciphertext strategy is off (nothing attached).
-    pub async fn attach_wire(&self, ifindex: u32, side: WireSide) -> Result<bool, LoaderError> {
-        self.call(|reply| Command::AttachWire(ifindex, side, reply))
+    /// `name` tells a new interface from an old one that had the same index.
+    pub async fn attach_wire(
+        &self,
+        ifindex: u32,
+        name: &str,
+        side: WireSide,
+    ) -> Result<bool, LoaderError> {
+        let name = name.to_owned();
+        self.call(|reply| Command::AttachWire(ifindex, name, side, reply))
             .await
     }
 
@@ -611,8 +623,8 @@ impl Loaded<'_> {
                 let (path, id, target) = *request;
                 let _ = reply.send(self.attach_target(&path, id, &target));
             }
-            Command::AttachWire(ifindex, side, reply) => {
-                let _ = reply.send(self.attach_wire(ifindex, side));
+            Command::AttachWire(ifindex, name, side, reply) => {
+                let _ = reply.send(self.attach_wire(ifindex, &name, side));
             }
             Command::DetachFile(id, reply) => {
                 let detached = self.links.drop_file(id);
@@ -837,7 +849,12 @@ impl Loaded<'_> {
         Ok(attached)
     }
 
-    fn attach_wire(&mut self, ifindex: u32, side: WireSide) -> Result<bool, LoaderError> {
+    fn attach_wire(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        side: WireSide,
+    ) -> Result<bool, LoaderError> {
         if !self.ciphertext {
             return Ok(false);
         }
@@ -850,12 +867,12 @@ impl Loaded<'_> {
             (&progs.handle_ct_patch, patch_at, "patch"),
             (&progs.handle_ct_ack, ack_at, "ack"),
         ] {
-            let name = format!("tc-{what}-{ifindex}");
+            let name = format!("tc-{what}-{ifindex}-{ifname}");
             if self.wire.iter().any(|(n, _)| *n == name) {
                 continue;
             }
             let attach_error = |source| LoaderError::Attach {
-                what: format!("tc {what} program on interface {ifindex}"),
+                what: format!("tc {what} program on {ifname} ({ifindex})"),
                 source,
             };
             let mut hook = TcHookBuilder::new(program.as_fd())
@@ -868,7 +885,21 @@ impl Loaded<'_> {
             hook.attach().map_err(attach_error)?;
             self.wire.push((name, hook));
         }
-        info!(ifindex, ?side, "ciphertext patching attached");
+        // Only now may the kernel bind records to the wire (ct_wired in cipher.bpf.h).
+        self.skel
+            .maps
+            .ct_wired
+            .update(&0u32.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "ct_wired",
+                source,
+            })?;
+        info!(
+            interface = ifname,
+            ifindex,
+            ?side,
+            "ciphertext patching attached"
+        );
         Ok(true)
     }
 

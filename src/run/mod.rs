@@ -297,7 +297,10 @@ async fn attach_wire(dataplane: &DataPlane, strategy: RewriteStrategy) -> anyhow
         }
     }
     for (index, name) in interfaces {
-        match dataplane.attach_wire(index, WireSide::HostEgress).await {
+        match dataplane
+            .attach_wire(index, &name, WireSide::HostEgress)
+            .await
+        {
             Ok(true) => info!(interface = %name, "ciphertext patching on"),
             Ok(false) => return Ok(()),
             Err(err) if strategy == RewriteStrategy::Ciphertext => {
