@@ -210,32 +210,32 @@ mod tests {
         ((x ^ Gf128(lengths)) * h).to_bytes()
     }
 
+    /// Runs `$op` with the `aes-gcm` cipher of the key's size (16 or 32 bytes) bound to `$c`.
+    macro_rules! with_gcm {
+        ($key:expr, |$c:ident| $op:expr) => {
+            match $key.len() {
+                16 => {
+                    let $c = Aes128Gcm::new_from_slice($key).unwrap();
+                    $op
+                }
+                _ => {
+                    let $c = Aes256Gcm::new_from_slice($key).unwrap();
+                    $op
+                }
+            }
+        };
+    }
+
     /// AES-GCM by the `aes-gcm` crate: ciphertext || tag.
     fn seal(key: &[u8], nonce: &[u8], aad: &[u8], msg: &[u8]) -> Vec<u8> {
         let (nonce, payload) = (Nonce::from_slice(nonce), Payload { msg, aad });
-        match key.len() {
-            16 => Aes128Gcm::new_from_slice(key)
-                .unwrap()
-                .encrypt(nonce, payload),
-            _ => Aes256Gcm::new_from_slice(key)
-                .unwrap()
-                .encrypt(nonce, payload),
-        }
-        .unwrap()
+        with_gcm!(key, |c| c.encrypt(nonce, payload)).unwrap()
     }
 
     /// The plaintext if the tag verifies.
     fn open(key: &[u8], nonce: &[u8], aad: &[u8], msg: &[u8]) -> Option<Vec<u8>> {
         let (nonce, payload) = (Nonce::from_slice(nonce), Payload { msg, aad });
-        match key.len() {
-            16 => Aes128Gcm::new_from_slice(key)
-                .unwrap()
-                .decrypt(nonce, payload),
-            _ => Aes256Gcm::new_from_slice(key)
-                .unwrap()
-                .decrypt(nonce, payload),
-        }
-        .ok()
+        with_gcm!(key, |c| c.decrypt(nonce, payload)).ok()
     }
 
     struct KnownAnswer {
