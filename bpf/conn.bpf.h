@@ -267,6 +267,14 @@ static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
 		conn_learn_sni(&key, buf, len);
 }
 
+/* Cheap test first: is this thread inside, or just out of, a TLS call? */
+static __always_inline bool tls_thread(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	return bpf_map_lookup_elem(&tls_calls, &tid) || bpf_map_lookup_elem(&bio_pending, &tid);
+}
+
 /*
  * Attribution and the ciphertext strategy's binding each run in a callback
  * of their own: a callback gets its own stack frame, and on 6.1 the frames
@@ -301,16 +309,11 @@ static __always_inline void socket_write(int fd, const __u8 *buf, __u32 len)
 {
 	struct socket_write w = { .buf = buf, .fd = fd, .len = len };
 
+	/* Every write syscall on the machine comes here: the cheap test first. */
+	if (!tls_thread())
+		return;
 	bpf_loop(1, attribute_step, &w, 0);
 	bpf_loop(1, bind_step, &w, 0);
-}
-
-/* Cheap test first: is this thread inside, or just out of, a TLS call? */
-static __always_inline bool tls_thread(void)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-
-	return bpf_map_lookup_elem(&tls_calls, &tid) || bpf_map_lookup_elem(&bio_pending, &tid);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
