@@ -257,6 +257,9 @@ static __always_inline void on_socket_write(int fd, const __u8 *buf, __u32 len)
 		on_memory_bio_write(tid, fd, buf, len);
 		return;
 	}
+	/* A Go Conn names its own socket (go_conn_fd); its call is only here for binding. */
+	if (call->hook == KLOAK_HOOK_GO_WRITE)
+		return;
 	cgroup_id = enabled_cgroup();
 	if (!cgroup_id || !tcp_sock_of_fd(fd))
 		return;

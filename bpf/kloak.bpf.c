@@ -12,6 +12,7 @@
 #include "names.bpf.h"
 #include "dns.bpf.h"
 #include "cipher.bpf.h"
+#include "gotls.bpf.h"
 #include "tc.bpf.h"
 #include "conn.bpf.h"
 #include "rewrite.bpf.h"
@@ -148,8 +149,12 @@ static __always_inline int go_conn_fd(struct pt_regs *ctx, __u64 conn)
 static __always_inline int go_write_entry(struct pt_regs *ctx, const bool can_write)
 {
 	struct kloak_conn_key go_key = conn_key(ctx->ax);
+	__u64 buf = ctx->bx, len = ctx->cx;
 	struct write_ctx c = {};
 
+	/* Both read before any branch: clang may otherwise merge them into one load at a computed ctx offset. */
+	barrier_var(buf);
+	barrier_var(len);
 	count(KLOAK_CTR_WRITE_CALLS);
 	c.cgroup_id = enabled_cgroup();
 	if (!c.cgroup_id)
@@ -161,7 +166,9 @@ static __always_inline int go_write_entry(struct pt_regs *ctx, const bool can_wr
 	c.fd = go_conn_fd(ctx, ctx->ax);
 	c.rkey.tgid = bpf_get_current_pid_tgid() >> 32;
 	c.rkey.goroutine = ctx->r14;
-	return on_tls_write(&c, ctx->bx, ctx->cx, can_write);
+	if ((__s64)len > 0)
+		go_write_begin(ctx->r14, ctx->ax, buf);
+	return on_tls_write(&c, buf, len, can_write);
 }
 
 SEC("uprobe")
@@ -185,8 +192,18 @@ int handle_go_write_ret_rw(struct pt_regs *ctx)
 		.goroutine = ctx->r14,
 	};
 
+	if (!enabled_cgroup())
+		return 0;
+	go_write_end(ctx->r14);
+	restore_all(&key);
+	return 0;
+}
+
+SEC("uprobe")
+int handle_go_write_ret_ro(struct pt_regs *ctx)
+{
 	if (enabled_cgroup())
-		restore_all(&key);
+		go_write_end(ctx->r14);
 	return 0;
 }
 

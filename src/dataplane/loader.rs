@@ -29,7 +29,7 @@ use super::maps::{file_forget, MapName, MapOp, Records};
 use super::skel::bytes_of;
 use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
 use super::skel::types::{kloak_counter, kloak_rewrite_mode, kloak_strategy, kloak_target};
-use super::targets::{FileId, TlsTarget};
+use super::targets::{FileId, GoKeyCapture, TlsTarget};
 
 #[derive(Debug, Error)]
 pub enum LoaderError {
@@ -52,6 +52,8 @@ pub enum LoaderError {
     },
     #[error("the data plane thread has stopped")]
     Stopped,
+    #[error("no BPF program named {0} (a bug in kloak)")]
+    UnknownProgram(&'static str),
 }
 
 /// How the data plane should run.
@@ -733,7 +735,14 @@ impl Loaded<'_> {
             "handle_cipher_init" => &progs.handle_cipher_init,
             "handle_go_write_rw" => &progs.handle_go_write_rw,
             "handle_go_write_ro" => &progs.handle_go_write_ro,
-            _ => &progs.handle_go_write_ret_rw,
+            "handle_go_write_ret_rw" => &progs.handle_go_write_ret_rw,
+            "handle_go_write_ret_ro" => &progs.handle_go_write_ret_ro,
+            "handle_go_handshake" => &progs.handle_go_handshake,
+            "handle_go_handshake_ret" => &progs.handle_go_handshake_ret,
+            "handle_go_encrypt" => &progs.handle_go_encrypt,
+            "handle_go_traffic_secret" => &progs.handle_go_traffic_secret,
+            "handle_go_aead_tls13" => &progs.handle_go_aead_tls13,
+            other => return Err(LoaderError::UnknownProgram(other)),
         };
         let opts = UprobeOpts {
             retprobe,
@@ -747,6 +756,27 @@ impl Loaded<'_> {
                     source,
                 })
         })
+    }
+
+    fn attach_go_key_capture(
+        &mut self,
+        path: &Path,
+        id: FileId,
+        keys: &GoKeyCapture,
+    ) -> Result<usize, LoaderError> {
+        let mut attached = 0;
+        for (program, symbol) in [
+            ("handle_go_handshake", &keys.handshake),
+            ("handle_go_encrypt", &keys.encrypt),
+            ("handle_go_traffic_secret", &keys.set_traffic_secret),
+            ("handle_go_aead_tls13", &keys.aead_tls13),
+        ] {
+            attached += self.uprobe(program, path, id, symbol.file_offset, false, 0)?;
+        }
+        for &offset in &keys.handshake_rets {
+            attached += self.uprobe("handle_go_handshake_ret", path, id, offset, false, 0)?;
+        }
+        Ok(attached)
     }
 
     fn attach_target(
@@ -837,11 +867,20 @@ impl Loaded<'_> {
                 let write = pick("handle_go_write_rw", "handle_go_write_ro");
                 let cookie = u64::from(index);
                 attached += self.uprobe(write, path, id, go.write.file_offset, false, cookie)?;
-                if rw {
-                    for &ret in &go.ret_offsets {
-                        attached +=
-                            self.uprobe("handle_go_write_ret_rw", path, id, ret, false, cookie)?;
+                // RETs restore in-place rewrites and end ciphertext writes.
+                if rw || self.ciphertext {
+                    let ret = pick("handle_go_write_ret_rw", "handle_go_write_ret_ro");
+                    for &offset in &go.ret_offsets {
+                        attached += self.uprobe(ret, path, id, offset, false, cookie)?;
                     }
+                }
+                match (&go.key_capture, self.ciphertext) {
+                    (Some(keys), true) => attached += self.attach_go_key_capture(path, id, keys)?,
+                    (None, true) => warn!(
+                        path = %path.display(),
+                        "Go TLS key functions not found: its sessions cannot use the ciphertext strategy"
+                    ),
+                    (_, false) => {}
                 }
             }
         }

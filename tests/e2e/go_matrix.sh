@@ -96,17 +96,21 @@ for name, rec in zip("ab", records):
 # reported peers are listed separately.
 seen = {"a": [], "b": []}
 b_peers = set()
+strategies = set()
 for line in open(events) if pid else []:
     e = json.loads(line)
     if e.get("pid") != pid or e["event"] not in ("rewritten", "blocked"):
         continue
     side = "a" if e.get("peer") == "127.0.0.1:8443" else "b"
     seen[side].append(e["event"] if e["event"] == "rewritten" else e.get("reason", "?"))
+    if e["event"] == "rewritten":
+        strategies.add(str(e.get("strategy")))
     if side == "b":
         b_peers.add(str(e.get("peer")))
 for side in "ab":
     facts[side + "_events"] = ",".join(seen[side]) or "none"
 facts["b_peers"] = ",".join(sorted(b_peers)) or "none"
+facts["strategy"] = ",".join(sorted(strategies)) or "none"
 print(" ".join("%s=%s" % kv for kv in facts.items()))
 PY
 }
@@ -118,6 +122,16 @@ fact() { # FACTS KEY
 b_peers=""
 want_a=placeholder want_a_event=rewrite_unavailable
 [ "$EXPECT" = rewrite ] && want_a=real want_a_event=rewritten
+# Which strategy rewrites: Go's TLS 1.3 AES-GCM sessions go through the ciphertext unless kloak is told
+# in-place; HPACK Huffman-coded headers (h2) can only be rewritten in place.
+want_strategy=ciphertext
+[ "${KLOAK_STRATEGY:-auto}" = in-place ] && want_strategy=in_place
+# check_strategy NAME FACTS WANT: when the allowed write was rewritten, by the strategy WANT.
+check_strategy() {
+  [ "$EXPECT" = rewrite ] || return 0
+  [ "$(fact "$2" strategy)" = "$3" ] && pass "$1: rewritten by the $3 strategy" \
+    || fail "$1" "rewritten by: $(fact "$2" strategy), want $3"
+}
 for build in "${builds[@]}"; do
   v=$(basename "$(dirname "$build")")
   facts=$(facts_of "$v")
@@ -130,6 +144,7 @@ for build in "${builds[@]}"; do
     || fail "$v" "allowed host events: $(fact "$facts" a_events), want $want_a_event"
   [ "$(fact "$facts" b_events)" = host_not_allowed ] && pass "$v: other write host_not_allowed" \
     || fail "$v" "other host events: $(fact "$facts" b_events), want host_not_allowed"
+  check_strategy "$v" "$facts" "$want_strategy"
   b_peers+=" $(fact "$facts" b_peers)"
 done
 # Events say which peer was refused (one check for all builds: it is the same code path).
@@ -149,6 +164,7 @@ else fail h2 "want 2 requests on 1 h2 connection: $facts"; fi
   || fail h2 "allowed host got: $(fact "$facts" a), want $want_a (HPACK-coded headers)"
 [ "$(fact "$facts" a_events)" = "$want_a_event" ] && pass "h2: the write carrying the value: $want_a_event" \
   || fail h2 "events: $(fact "$facts" a_events), want $want_a_event once"
+check_strategy h2 "$facts" in_place
 
 grep -q 'client failed' "$WORK/matrix.out" && fail clients "$(grep 'client failed' "$WORK/matrix.out" | tr '\n' ' ')" \
   || pass "clients: every request answered"

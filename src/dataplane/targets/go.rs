@@ -1,13 +1,20 @@
-//! Go executables: `crypto/tls.(*Conn).Write` and its RET instructions.
+//! Go executables: `crypto/tls.(*Conn).Write` and its RET instructions, and
+//! the functions that reveal TLS 1.3 write keys (ciphertext strategy).
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::elf::EM_X86_64;
 
 use super::elf::ElfImage;
-use super::gopclntab::Pclntab;
-use super::{GoTarget, Symbol, TargetError};
+use std::collections::HashMap;
+
+use super::gopclntab::{GoFunc, Pclntab};
+use super::{GoKeyCapture, GoTarget, Symbol, TargetError};
 
 const TLS_CONN_WRITE: &str = "crypto/tls.(*Conn).Write";
+const TLS_HANDSHAKE: &str = "crypto/tls.(*Conn).handshakeContext";
+const TLS_ENCRYPT: &str = "crypto/tls.(*halfConn).encrypt";
+const TLS_SET_TRAFFIC_SECRET: &str = "crypto/tls.(*halfConn).setTrafficSecret";
+const TLS_AEAD_AES_GCM_TLS13: &str = "crypto/tls.aeadAESGCMTLS13";
 /// The first and the last method of a `*net.TCPConn` in a `net.Conn` itab.
 /// An itab holds its interface's methods sorted by name (Close, LocalAddr,
 /// Read, RemoteAddr, SetDeadline, SetReadDeadline, SetWriteDeadline, Write)
@@ -43,7 +50,15 @@ pub(super) fn inspect(file: &ElfImage<'_>) -> Result<Option<GoTarget>, TargetErr
         go_version: go_version.clone(),
         source,
     })?;
-    let found = table.lookup(&[TLS_CONN_WRITE, TCPCONN_CLOSE, TCPCONN_WRITE]);
+    let found = table.lookup(&[
+        TLS_CONN_WRITE,
+        TCPCONN_CLOSE,
+        TCPCONN_WRITE,
+        TLS_HANDSHAKE,
+        TLS_ENCRYPT,
+        TLS_SET_TRAFFIC_SECRET,
+        TLS_AEAD_AES_GCM_TLS13,
+    ]);
     let Some(func) = found.get(TLS_CONN_WRITE) else {
         tracing::debug!(path = %file.path.display(), "Go binary without crypto/tls");
         return Ok(None);
@@ -68,41 +83,86 @@ pub(super) fn inspect(file: &ElfImage<'_>) -> Result<Option<GoTarget>, TargetErr
     let tcpconn_close_vaddr = tcpconn(TCPCONN_CLOSE)?;
     let tcpconn_write_vaddr = tcpconn(TCPCONN_WRITE)?;
     let write = file.locate(TLS_CONN_WRITE, func.vaddr, func.size)?;
-    let ret_offsets = ret_offsets(file, &write)?;
+    let ret_offsets = ret_offsets(file, TLS_CONN_WRITE, &write)?;
+    let key_capture = key_capture(file, &found)?;
+    if key_capture.is_none() {
+        tracing::warn!(
+            path = %file.path.display(),
+            go_version = go_version.as_deref().unwrap_or("unknown"),
+            "Go TLS key functions not found: this program's writes cannot use the ciphertext strategy"
+        );
+    }
     let target = GoTarget {
         write,
         ret_offsets,
         tcpconn_close_vaddr,
         tcpconn_write_vaddr,
         go_version,
+        key_capture,
         is_pie: file.is_pie(),
     };
     tracing::debug!(path = %file.path.display(), table = ?table.version(), ?target, "Go TLS client");
     Ok(Some(target))
 }
 
-/// File offsets of the RET instructions of `write`.
-fn ret_offsets(file: &ElfImage<'_>, write: &Symbol) -> Result<Vec<u64>, TargetError> {
+/// The key-capture functions, all or none: any one missing breaks the chain
+/// from a key to its connection.
+fn key_capture(
+    file: &ElfImage<'_>,
+    found: &HashMap<&str, GoFunc>,
+) -> Result<Option<GoKeyCapture>, TargetError> {
+    let locate = |name: &str| {
+        found
+            .get(name)
+            .map(|func| file.locate(name, func.vaddr, func.size))
+            .transpose()
+    };
+    let (Some(handshake), Some(encrypt), Some(set_traffic_secret), Some(aead_tls13)) = (
+        locate(TLS_HANDSHAKE)?,
+        locate(TLS_ENCRYPT)?,
+        locate(TLS_SET_TRAFFIC_SECRET)?,
+        locate(TLS_AEAD_AES_GCM_TLS13)?,
+    ) else {
+        return Ok(None);
+    };
+    let handshake_rets = ret_offsets(file, TLS_HANDSHAKE, &handshake)?;
+    Ok(Some(GoKeyCapture {
+        handshake,
+        handshake_rets,
+        encrypt,
+        set_traffic_secret,
+        aead_tls13,
+    }))
+}
+
+/// File offsets of the RET instructions of `func`, named `name`.
+fn ret_offsets(
+    file: &ElfImage<'_>,
+    name: &'static str,
+    func: &Symbol,
+) -> Result<Vec<u64>, TargetError> {
     let code = file
-        .read_vaddr(write.vaddr, write.size)
+        .read_vaddr(func.vaddr, func.size)
         .ok_or_else(|| TargetError::NotInFile {
             path: file.path.to_path_buf(),
-            symbol: TLS_CONN_WRITE.to_string(),
-            vaddr: write.vaddr,
-            size: write.size,
+            symbol: name.to_string(),
+            vaddr: func.vaddr,
+            size: func.size,
         })?;
-    let offsets = ret_vaddrs(code, write.vaddr)
+    let offsets = ret_vaddrs(code, func.vaddr)
         .map_err(|vaddr| TargetError::GoDecode {
             path: file.path.to_path_buf(),
+            function: name,
             vaddr,
         })?
         .into_iter()
-        .map(|vaddr| vaddr - write.vaddr + write.file_offset)
+        .map(|vaddr| vaddr - func.vaddr + func.file_offset)
         .collect::<Vec<_>>();
     if offsets.is_empty() {
         return Err(TargetError::GoNoRet {
             path: file.path.to_path_buf(),
-            vaddr: write.vaddr,
+            function: name,
+            vaddr: func.vaddr,
         });
     }
     Ok(offsets)
@@ -386,6 +446,20 @@ pub(super) mod tests {
             let off = usize::try_from(w.file_offset).unwrap();
             assert_eq!(&data[off..off + 16], mapped);
             assert_ne!(target.tcpconn_close_vaddr, target.tcpconn_write_vaddr);
+            let keys = target
+                .key_capture
+                .unwrap_or_else(|| panic!("{}: no Go key capture", path.display()));
+            let h = keys.handshake;
+            assert!(!keys.handshake_rets.is_empty());
+            for &off in &keys.handshake_rets {
+                assert!(off >= h.file_offset && off < h.file_offset + h.size);
+                let byte = data[usize::try_from(off).unwrap()];
+                assert!(byte == 0xc3 || byte == 0xc2, "byte {byte:#x} at {off:#x}");
+            }
+            let entries = [h, keys.encrypt, keys.set_traffic_secret, keys.aead_tls13];
+            for (i, a) in entries.iter().enumerate() {
+                assert!(entries[i + 1..].iter().all(|b| b.vaddr != a.vaddr));
+            }
         }
     }
 
@@ -435,7 +509,7 @@ pub(super) mod tests {
                 )
                 .unwrap();
             assert_eq!(
-                ret_offsets(&image, &by_symtab).unwrap(),
+                ret_offsets(&image, TLS_CONN_WRITE, &by_symtab).unwrap(),
                 build.target().ret_offsets
             );
         }

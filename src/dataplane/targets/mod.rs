@@ -88,6 +88,22 @@ pub struct KeyHook {
     pub cipher_init: Symbol,
 }
 
+/// The crypto/tls functions that link a TLS 1.3 write key to its `*tls.Conn`
+/// through arguments alone (bpf/gotls.bpf.h tells how).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoKeyCapture {
+    /// `crypto/tls.(*Conn).handshakeContext` ...
+    pub handshake: Symbol,
+    /// ... and the file offsets of its RET instructions.
+    pub handshake_rets: Vec<u64>,
+    /// `crypto/tls.(*halfConn).encrypt`.
+    pub encrypt: Symbol,
+    /// `crypto/tls.(*halfConn).setTrafficSecret`.
+    pub set_traffic_secret: Symbol,
+    /// `crypto/tls.aeadAESGCMTLS13`.
+    pub aead_tls13: Symbol,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoTarget {
     /// `crypto/tls.(*Conn).Write`.
@@ -104,6 +120,9 @@ pub struct GoTarget {
     pub tcpconn_write_vaddr: u64,
     /// For example `go1.19.8`, from `.go.buildinfo` (or `runtime.buildVersion`).
     pub go_version: Option<String>,
+    /// Where the ciphertext strategy learns TLS 1.3 write keys; `None` when a
+    /// function is missing (inlined or renamed), so sessions stay unknown.
+    pub key_capture: Option<GoKeyCapture>,
     /// `ET_DYN`: runtime addresses are link-time addresses plus a load bias.
     pub is_pie: bool,
 }
@@ -163,11 +182,19 @@ pub enum TargetError {
     #[error("{}: Go binary for ELF machine {machine} is not supported (RET offsets are only computed for x86-64)", path.display())]
     GoUnsupportedArch { path: PathBuf, machine: u16 },
 
-    #[error("{}: cannot decode the instruction at {vaddr:#x} inside crypto/tls.(*Conn).Write", path.display())]
-    GoDecode { path: PathBuf, vaddr: u64 },
+    #[error("{}: cannot decode the instruction at {vaddr:#x} inside {function}", path.display())]
+    GoDecode {
+        path: PathBuf,
+        function: &'static str,
+        vaddr: u64,
+    },
 
-    #[error("{}: crypto/tls.(*Conn).Write at {vaddr:#x} contains no RET instruction", path.display())]
-    GoNoRet { path: PathBuf, vaddr: u64 },
+    #[error("{}: {function} at {vaddr:#x} contains no RET instruction", path.display())]
+    GoNoRet {
+        path: PathBuf,
+        function: &'static str,
+        vaddr: u64,
+    },
 
     /// A Bun executable in which `SSL_write` or `SSL_do_handshake` cannot be
     /// located with certainty: it is not hooked rather than hooked on a guess.

@@ -33,6 +33,7 @@ func main() {
 	body := flag.String("body", "", "request body ($VAR expanded); POST when set")
 	h2 := flag.Bool("h2", false, "HTTP/2 by ALPN (Go's default client); fail on anything else")
 	repeat := flag.Int("repeat", 1, "requests per URL, all on the same connection")
+	tls12 := flag.Bool("tls12", false, "TLS 1.2 at most")
 	flag.Parse()
 	pool := x509.NewCertPool()
 	if ca := os.Getenv("SSL_CERT_FILE"); ca != "" {
@@ -45,7 +46,11 @@ func main() {
 	}
 	failed := false
 	for _, url := range urls {
-		transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+		config := &tls.Config{RootCAs: pool}
+		if *tls12 {
+			config.MaxVersion = tls.VersionTLS12
+		}
+		transport := &http.Transport{TLSClientConfig: config}
 		if *h2 {
 			// A custom TLSClientConfig turns HTTP/2 off unless asked for; a nil
 			// TLSNextProto keeps the default h2 upgrade.
