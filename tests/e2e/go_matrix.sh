@@ -5,7 +5,9 @@
 # Each binary makes two connections from one process: to the allowed host (the real value must arrive
 # when the kernel can rewrite, the placeholder otherwise) and to a non-allowed address (always the
 # placeholder, S2). Then Go's default HTTP/2 client (ALPN h2) sends the header twice on one connection:
-# Huffman-coded the first time, an HPACK index the second.
+# Huffman-coded the first time, an HPACK index the second. With --expect rewrite, each rewrite must come
+# from the expected strategy: the ciphertext one for Go's AES-GCM sessions (unless KLOAK_STRATEGY says
+# in-place), in place for the Huffman-coded header.
 #
 # usage: go_matrix.sh --expect rewrite|observe
 # Needs root. Prints PASS/FAIL per check and ends with "N passed, N failed".
@@ -160,8 +162,10 @@ echo "h2: $facts"
 if [ "$(fact "$facts" a_requests)" = 2 ] && [ "$(fact "$facts" a_conns)" = 1 ] && [ "$(fact "$facts" a_alpn)" = h2 ]; then
   pass "h2: two requests on one HTTP/2 connection (ALPN h2)"
 else fail h2 "want 2 requests on 1 h2 connection: $facts"; fi
+# What kloak said about the h2 client's file (hooked or not, and why), for a failure's message.
+h2_hooking=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/matrix.log" | grep -v ' TRACE ' | grep -F "$GOCLIENT" | cut -c1-300 | head -5)
 [ "$(fact "$facts" a)" = "$want_a" ] && pass "h2: allowed host got the $want_a" \
-  || fail h2 "allowed host got: $(fact "$facts" a), want $want_a (HPACK-coded headers)"
+  || fail h2 "allowed host got: $(fact "$facts" a), want $want_a (HPACK-coded headers); kloak on $GOCLIENT: ${h2_hooking:-nothing}"
 [ "$(fact "$facts" a_events)" = "$want_a_event" ] && pass "h2: the write carrying the value: $want_a_event" \
   || fail h2 "events: $(fact "$facts" a_events), want $want_a_event once"
 check_strategy h2 "$facts" in_place
