@@ -379,6 +379,17 @@ static __always_inline struct kloak_ct_write *ct_write_for(__u32 tid, __u64 tls_
 	return w;
 }
 
+/*
+ * A TLS write begins on this thread: its socket writes are attributed and
+ * bound to `call`, and a list a thread left behind (it never returned) is
+ * not this write's.
+ */
+static __always_inline void tls_write_begin(__u32 tid, struct kloak_tls_call *call)
+{
+	bpf_map_update_elem(&tls_calls, &tid, call, BPF_ANY);
+	bpf_map_delete_elem(&ct_writes, &tid);
+}
+
 /* ---- events of the later stages, which run outside the write hook ---- */
 
 static __always_inline void ct_event(struct kloak_ct_write *w, struct kloak_ct_item *item, __u32 kind,

@@ -49,8 +49,7 @@ static __always_inline void go_write_begin(__u64 goroutine, __u64 conn, __u64 bu
 
 	if (cfg_strategy == KLOAK_STRATEGY_IN_PLACE)
 		return;
-	bpf_map_update_elem(&tls_calls, &tid, &call, BPF_ANY);
-	bpf_map_delete_elem(&ct_writes, &tid);
+	tls_write_begin(tid, &call);
 	bpf_map_update_elem(&go_write_threads, &g, &tid, BPF_ANY);
 }
 

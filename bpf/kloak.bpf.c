@@ -38,9 +38,7 @@ static __always_inline int ssl_write_entry(struct pt_regs *ctx, __u32 hook, cons
 		len = (__u64)(__s64)(int)len;
 	if ((__s64)len <= 0)
 		return 0;
-	bpf_map_update_elem(&tls_calls, &tid, &call, BPF_ANY);
-	/* A list a thread left behind (it never returned) is not this write's. */
-	bpf_map_delete_elem(&ct_writes, &tid);
+	tls_write_begin(tid, &call);
 	c.hook = hook;
 	c.tls_ptr = ssl;
 	c.fd = -1;

@@ -878,6 +878,7 @@ impl Loaded<'_> {
                     (Some(keys), true) => attached += self.attach_go_key_capture(path, id, keys)?,
                     (None, true) => warn!(
                         path = %path.display(),
+                        go_version = go.go_version.as_deref().unwrap_or("unknown"),
                         "Go TLS key functions not found: its sessions cannot use the ciphertext strategy"
                     ),
                     (_, false) => {}

@@ -85,13 +85,6 @@ pub(super) fn inspect(file: &ElfImage<'_>) -> Result<Option<GoTarget>, TargetErr
     let write = file.locate(TLS_CONN_WRITE, func.vaddr, func.size)?;
     let ret_offsets = ret_offsets(file, TLS_CONN_WRITE, &write)?;
     let key_capture = key_capture(file, &found)?;
-    if key_capture.is_none() {
-        tracing::warn!(
-            path = %file.path.display(),
-            go_version = go_version.as_deref().unwrap_or("unknown"),
-            "Go TLS key functions not found: this program's writes cannot use the ciphertext strategy"
-        );
-    }
     let target = GoTarget {
         write,
         ret_offsets,
