@@ -34,6 +34,10 @@ static __always_inline int ssl_write_entry(struct pt_regs *ctx, __u32 hook, cons
 	if (!c.cgroup_id)
 		return 0;
 	count(KLOAK_CTR_WRITE_ENABLED);
+	c.rkey.tgid = pid_tgid >> 32;
+	c.rkey.tid = tid;
+	if (can_write)
+		restore_begin(&c.rkey);
 	if (hook == KLOAK_HOOK_SSL_WRITE)
 		len = (__u64)(__s64)(int)len;
 	if ((__s64)len <= 0)
@@ -45,8 +49,6 @@ static __always_inline int ssl_write_entry(struct pt_regs *ctx, __u32 hook, cons
 	c.conn = bpf_map_lookup_elem(&conns, &key);
 	if (c.conn && (c.conn->flags & KLOAK_CONN_HAS_FD))
 		c.fd = c.conn->fd;
-	c.rkey.tgid = pid_tgid >> 32;
-	c.rkey.tid = tid;
 	return on_tls_write(&c, buf, len, can_write);
 }
 
@@ -58,6 +60,9 @@ static __always_inline void ssl_write_exit(const bool can_write)
 
 	struct kloak_tls_call *call;
 
+	/* Always, even if the thread left its cgroup meanwhile: this call's placeholders go back (S5). */
+	if (can_write)
+		restore_all(&key);
 	if (!enabled_cgroup())
 		return;
 	call = bpf_map_lookup_elem(&tls_calls, &tid);
@@ -65,9 +70,6 @@ static __always_inline void ssl_write_exit(const bool can_write)
 		note_memory_bio(call->tls_ptr, tid);
 	bpf_map_delete_elem(&tls_calls, &tid);
 	ct_write_done(tid);
-	/* Always: whatever ran inside the write, its placeholders go back (S5). */
-	if (can_write)
-		restore_all(&key);
 }
 
 SEC("uprobe")
@@ -164,6 +166,8 @@ static __always_inline int go_write_entry(struct pt_regs *ctx, const bool can_wr
 	c.fd = go_conn_fd(ctx, ctx->ax);
 	c.rkey.tgid = bpf_get_current_pid_tgid() >> 32;
 	c.rkey.goroutine = ctx->r14;
+	if (can_write)
+		restore_begin(&c.rkey);
 	if ((__s64)len > 0)
 		go_write_begin(ctx->r14, ctx->ax, buf);
 	return on_tls_write(&c, buf, len, can_write);
@@ -190,10 +194,10 @@ int handle_go_write_ret_rw(struct pt_regs *ctx)
 		.goroutine = ctx->r14,
 	};
 
-	if (!enabled_cgroup())
-		return 0;
-	go_write_end(ctx->r14);
+	/* Always, even if the goroutine's thread left its cgroup meanwhile (S5). */
 	restore_all(&key);
+	if (enabled_cgroup())
+		go_write_end(ctx->r14);
 	return 0;
 }
 
@@ -218,9 +222,11 @@ int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct kloak_file_key key = {};
+	struct kloak_held hold = {};
 	struct inode *inode;
 	struct kloak_event *e;
 	__u64 cgroup_id = enabled_cgroup();
+	__u32 tgid;
 
 	if (!cgroup_id)
 		return 0;
@@ -236,8 +242,17 @@ int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 		count(KLOAK_CTR_EVENTS_LOST);
 		return 0;                /* not held: the file simply stays unhooked */
 	}
+	/* Recorded before the stop: a process is never stopped without a trace a sweep can find. */
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	hold.cgroup_id = cgroup_id;
+	hold.held_ns = bpf_ktime_get_boot_ns();
+	if (bpf_map_update_elem(&held, &tgid, &hold, BPF_ANY)) {
+		bpf_ringbuf_discard(e, 0);
+		count(KLOAK_CTR_EVENTS_LOST);
+		return 0;
+	}
 	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->ts_ns = hold.held_ns;
 	e->kind = KLOAK_EVENT_EXEC_HELD;
 	e->fd = -1;
 	event_set_task(e, cgroup_id);
@@ -258,6 +273,7 @@ struct kloak_name kloak_name_ = {};
 struct kloak_resolver_key kloak_resolver_key_ = {};
 struct kloak_target kloak_target_ = {};
 struct kloak_file_key kloak_file_key_ = {};
+struct kloak_held kloak_held_ = {};
 struct kloak_conn_key kloak_conn_key_ = {};
 struct kloak_conn kloak_conn_ = {};
 enum kloak_event_kind kloak_event_kind_ = 0;

@@ -95,6 +95,14 @@ struct {
 	__type(value, __u8);             /* enum kloak_file_state */
 } files SEC(".maps");
 
+/* Processes stopped at exec, not yet resumed (see struct kloak_held). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLOAK_MAX_HELD);
+	__type(key, __u32);
+	__type(value, struct kloak_held);
+} held SEC(".maps");
+
 /* Hooked binaries, indexed by the uprobe's attach cookie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -310,7 +310,25 @@ static __always_inline void blocked(struct write_ctx *c, __u32 reason, struct kl
 	blocked_as(c, reason, secret, offset, KLOAK_ENC_PLAIN);
 }
 
-/* The per-writer restore list, created empty on first use. */
+/*
+ * Every TLS write starts without a restore list, before any early return (a
+ * zero-length write's return probe restores too). A list still there belongs
+ * to a call that never returned (a killed thread, a missed return probe, a
+ * reused goroutine): its addresses may hold anything by now, so it is dropped,
+ * never written back. Writes only go back to the call that recorded them.
+ */
+static __always_inline void restore_begin(struct kloak_restore_key *key)
+{
+	struct kloak_restore *stale = bpf_map_lookup_elem(&restores, key);
+
+	if (!stale)
+		return;
+	if (stale->count)
+		count(KLOAK_CTR_RESTORE_STALE);
+	bpf_map_delete_elem(&restores, key);
+}
+
+/* This call's restore list, created empty on first use. */
 static __always_inline struct kloak_restore *restore_list(struct write_ctx *c)
 {
 	struct kloak_restore *list = bpf_map_lookup_elem(&restores, &c->rkey);
@@ -327,10 +345,7 @@ static __always_inline struct kloak_restore *restore_list(struct write_ctx *c)
 	return list;
 }
 
-/*
- * Where the placeholder must go back after the call (S5). Every field is
- * set: a list left behind by a thread that never returned is reused as is.
- */
+/* Where the placeholder must go back after the call (S5); every field is set. */
 static __always_inline void remember_rewrite(struct kloak_restore *list, __u64 addr, struct kloak_secret_key *key,
 					     __u32 encoding, __u32 shift)
 {

@@ -12,9 +12,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/apt.sh"
 cache=${KLOAK_CACHE:-/var/cache/kloak}/go
 
+# Debian's own Go, by its path: a Go first on PATH (machines may ship a newer one in /usr/local/go) is
+# not what the matrix tests.
 bookworm_goroot() {
-  command -v go >/dev/null || apt_install golang-go
-  go env GOROOT
+  [ -x /usr/lib/go/bin/go ] || apt_install golang-go
+  GOTOOLCHAIN=local /usr/lib/go/bin/go env GOROOT
 }
 
 # The cache keeps <version>/ (the extracted packages) and `trixie` (the version in use), filled under an

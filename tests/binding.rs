@@ -112,7 +112,7 @@ fn placeholder_of_another_cgroup_is_not_rewritten() {
         if let Ok(Some(target)) = inspect(&library) {
             let id = file_id(&library).expect("stat");
             runtime
-                .block_on(dataplane.attach_target(&library, id, target))
+                .block_on(dataplane.hook_file(&library, id, Some(target)))
                 .expect("attach");
         }
     }
@@ -172,7 +172,7 @@ fn placeholder_of_another_cgroup_is_not_rewritten() {
 /// Reasons of the blocked decisions seen within `wait`.
 fn blocked_reasons(
     runtime: &tokio::runtime::Runtime,
-    events: &mut tokio::sync::mpsc::Receiver<kloak::dataplane::Event>,
+    events: &mut kloak::dataplane::EventReceiver,
     wait: Duration,
 ) -> Vec<Reason> {
     let deadline = Instant::now() + wait;

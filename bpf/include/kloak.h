@@ -22,6 +22,7 @@ enum kloak_limits {
 	KLOAK_MAX_BINDINGS = 262144,
 	KLOAK_MAX_TARGETS = 4096,
 	KLOAK_MAX_FILES = 65536,
+	KLOAK_MAX_HELD = 4096,           /* processes stopped at exec at once */
 	KLOAK_CT_MAX_ITEMS = 16,         /* placeholders of one write patched in the ciphertext */
 	KLOAK_CT_MAX_PATCHES = 32,       /* unacknowledged patches per TCP connection */
 	KLOAK_CT_MAX_RECORDS = 4,        /* TLS records parsed per socket write */
@@ -133,6 +134,7 @@ enum kloak_counter {
 	KLOAK_CTR_CT_RETRANSMITS = 17,   /* ... of which retransmissions, patched again */
 	KLOAK_CTR_CT_ACKED = 18,         /* patches released by the peer's acknowledgement */
 	KLOAK_CTR_CT_FAILED = 19,        /* a segment could not be patched whole (load, store, checksum) */
+	KLOAK_CTR_RESTORE_STALE = 20,    /* restore lists of calls that never returned, dropped unwritten */
 	KLOAK_CTR_BLOCKED_BASE = 32,     /* + enum kloak_reason */
 	KLOAK_CTR_MAX = 64,
 };
@@ -267,6 +269,14 @@ struct kloak_file_key {
 	__u64 ino;
 };
 
+/* A process stopped at exec until userspace resumes it; keyed by tgid. The map is
+ * pinned, so an agent that died between the stop and the SIGCONT is swept up by
+ * the next one, and held processes whose event was lost are found by age. */
+struct kloak_held {
+	__u64 cgroup_id;
+	__u64 held_ns;                   /* bpf_ktime_get_boot_ns() at the stop */
+};
+
 /* Per hooked binary, found by the uprobe's attach cookie. */
 struct kloak_target {
 	__u64 func_vaddr;                /* where the probed function is linked */
@@ -274,6 +284,9 @@ struct kloak_target {
 	__u64 go_tcpconn_write;          /* link-time net.(*TCPConn).Write: net.Conn itab fun[7] */
 	__u32 go_fd_offset;              /* poll.FD.Sysfd inside net.netFD */
 	__u32 pad;
+	/* The hooked file: a restarted agent finds each file's slot (its links' cookie) here. */
+	__u64 file_dev;
+	__u64 file_ino;
 };
 
 /* Who a pending write-back belongs to: a thread, or a Go goroutine. */

@@ -17,6 +17,7 @@ mod node;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
             .await
             .with_context(|| format!("attaching DNS capture to {}", point.display()))?;
     }
+    // Processes an earlier agent stopped at exec and never resumed.
+    crate::dataplane::held::sweep(&dataplane, Path::new("/proc"), Duration::ZERO).await;
     health.set_dataplane_loaded(true);
 
     let scopes = feeds::scopes(&args.watch_namespaces);

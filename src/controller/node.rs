@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use futures::stream::{BoxStream, StreamExt};
 use kube::runtime::watcher::Event as WatchEvent;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, error, info, trace, warn};
 
-use crate::dataplane::{DataPlane, Event, EventKind, WireSide};
+use crate::dataplane::{held, DataPlane, Event, EventKind, EventReceiver, WireSide};
 use crate::secrets::SecretRef;
 
 use super::agent::{Agent, Feed};
@@ -28,6 +28,8 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 const COUNTER_INTERVAL: Duration = Duration::from_secs(10);
 /// How often new pods' interfaces are looked for (the ciphertext strategy patches there).
 const WIRE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, and after how long, processes held at exec without an answer are resumed.
+const HELD_SWEEP: Duration = Duration::from_secs(1);
 const CLASS_NET: &str = "/sys/class/net";
 
 pub struct Node {
@@ -48,7 +50,7 @@ impl Node {
     pub async fn run_loop(
         &mut self,
         mut updates: BoxStream<'static, Update>,
-        events: &mut mpsc::Receiver<Event>,
+        events: &mut EventReceiver,
         resync: Duration,
     ) -> anyhow::Result<()> {
         let mut terminate = signal(SignalKind::terminate())?;
@@ -57,6 +59,7 @@ impl Node {
         let mut retry_timer = tokio::time::interval(RETRY_INTERVAL);
         let mut counter_timer = tokio::time::interval(COUNTER_INTERVAL);
         let mut wire_timer = tokio::time::interval(WIRE_INTERVAL);
+        let mut held_timer = tokio::time::interval(HELD_SWEEP);
         loop {
             tokio::select! {
                 Some(update) = updates.next() => {
@@ -87,6 +90,9 @@ impl Node {
                 }
                 _ = counter_timer.tick() => self.read_counters().await,
                 _ = wire_timer.tick() => self.wire_pods().await,
+                _ = held_timer.tick() => {
+                    held::sweep(self.agent.sink(), Path::new("/proc"), HELD_SWEEP).await;
+                }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
@@ -207,6 +213,17 @@ impl Node {
                         pods = self.tracker.pod_count(),
                         "first sync done"
                     );
+                    // What runs is hooked now: pinned probes nobody claimed are an earlier agent's leftovers.
+                    match self.agent.sink().prune_links().await {
+                        Ok(pruned) if !pruned.is_empty() => {
+                            info!(
+                                links = pruned.len(),
+                                "detached probes left by an earlier agent"
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(err) => warn!(%err, "cannot detach probes left by an earlier agent"),
+                    }
                     if self.leading() {
                         self.reconcile_all().await;
                     }

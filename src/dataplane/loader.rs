@@ -4,10 +4,9 @@
 //! attaches and polls them; the async side talks to it over channels:
 //! commands in, typed events out.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -16,20 +15,26 @@ use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{
-    Link, MapCore, MapFlags, RingBufferBuilder, TcHook, TcHookBuilder, TracepointCategory,
-    UprobeOpts, TC_EGRESS, TC_INGRESS,
+    MapCore, MapFlags, RingBufferBuilder, TcHook, TcHookBuilder, TracepointCategory, UprobeOpts,
+    TC_EGRESS, TC_INGRESS,
 };
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, info, trace, warn};
 use zeroize::Zeroizing;
 
-use super::events::{Event, EventKind};
-use super::maps::{file_forget, MapName, MapOp, Records};
+use super::dispatch::{self, Delivery, EventReceiver, EventSender};
+use super::events::Event;
+use super::links::{self, LinkSet, Mode};
+use super::maps::{file_forget, file_record, FileState, MapName, MapOp, Records};
 use super::skel::bytes_of;
 use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
-use super::skel::types::{kloak_counter, kloak_rewrite_mode, kloak_strategy, kloak_target};
+use super::skel::types::{
+    kloak_counter, kloak_limits, kloak_rewrite_mode, kloak_strategy, kloak_target,
+};
+use super::slots::{SlotsFull, TargetSlots};
 use super::targets::{FileId, GoKeyCapture, TlsTarget};
+use super::wake::{Wakeup, Woken};
 
 #[derive(Debug, Error)]
 pub enum LoaderError {
@@ -54,6 +59,8 @@ pub enum LoaderError {
     Stopped,
     #[error("no BPF program named {0} (a bug in kloak)")]
     UnknownProgram(&'static str),
+    #[error(transparent)]
+    Slots(#[from] SlotsFull),
 }
 
 /// How the data plane should run.
@@ -157,12 +164,20 @@ impl LoaderConfig {
 
 type Reply<T> = oneshot::Sender<Result<T, LoaderError>>;
 
+/// One file to hook (`target`: what inspection found, None when nothing) and record as inspected.
+struct HookRequest {
+    path: PathBuf,
+    id: FileId,
+    target: Option<TlsTarget>,
+}
+
 enum Command {
     Apply(Vec<MapOp>, Reply<()>),
     AttachDns(PathBuf, Reply<()>),
-    AttachTarget(Box<(PathBuf, FileId, TlsTarget)>, Reply<usize>),
+    HookFile(Box<HookRequest>, Reply<usize>),
     AttachWire(u32, String, WireSide, Reply<bool>),
     DetachFile(FileId, Reply<usize>),
+    PruneLinks(Reply<Vec<String>>),
     Counters(Reply<Vec<u64>>),
     Snapshot(Vec<MapName>, Reply<Records>),
     Shutdown,
@@ -171,12 +186,15 @@ enum Command {
 /// Handle to the loader thread.
 pub struct DataPlane {
     commands: std_mpsc::Sender<Command>,
+    wakeup: Wakeup,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Index of the ring-buffer loss counter in [`DataPlane::counters`].
 pub const COUNTER_EVENTS_LOST: usize = kloak_counter::KLOAK_CTR_EVENTS_LOST.0 as usize;
 
+/// How often queued decisions are drained: the kernel submits them without a
+/// wakeup; held processes and commands wake the thread at once.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const EVENT_QUEUE: usize = 4096;
 /// Maps that describe state; scratch and per-call maps are not pinned.
@@ -191,6 +209,7 @@ const PINNED_MAPS: &[&str] = &[
     "conns",
     "targets",
     "files",
+    "held",
     "counters",
     "events",
     // The ciphertext strategy's state: a restarted agent keeps patching
@@ -202,13 +221,18 @@ const PINNED_MAPS: &[&str] = &[
 
 impl DataPlane {
     /// Loads the programs on a new thread; returns once they are loaded or failed.
-    pub fn start(config: LoaderConfig) -> Result<(Self, mpsc::Receiver<Event>), LoaderError> {
+    pub fn start(config: LoaderConfig) -> Result<(Self, EventReceiver), LoaderError> {
         let (commands, inbox) = std_mpsc::channel();
-        let (events, outbox) = mpsc::channel(EVENT_QUEUE);
+        let (events, outbox) = dispatch::channel(EVENT_QUEUE);
         let (ready_tx, ready_rx) = std_mpsc::channel();
+        let wakeup = Wakeup::new().map_err(|source| LoaderError::Io {
+            path: "eventfd".into(),
+            source,
+        })?;
+        let woken = wakeup.clone();
         let thread = std::thread::Builder::new()
             .name("kloak-bpf".into())
-            .spawn(move || run(config, inbox, events, ready_tx))
+            .spawn(move || run(config, inbox, woken, events, ready_tx))
             .map_err(|source| LoaderError::Io {
                 path: "thread".into(),
                 source,
@@ -217,6 +241,7 @@ impl DataPlane {
             Ok(Ok(())) => Ok((
                 Self {
                     commands,
+                    wakeup,
                     thread: Some(thread),
                 },
                 outbox,
@@ -234,6 +259,7 @@ impl DataPlane {
         self.commands
             .send(make(tx))
             .map_err(|_| LoaderError::Stopped)?;
+        self.wakeup.wake();
         rx.await.map_err(|_| LoaderError::Stopped)?
     }
 
@@ -247,16 +273,28 @@ impl DataPlane {
         self.call(|reply| Command::AttachDns(cgroup, reply)).await
     }
 
-    /// Hooks a TLS library or Go binary; returns how many probes were attached.
-    pub async fn attach_target(
+    /// Hooks a TLS library or Go binary (when `target` says what to hook) and
+    /// records the file as inspected, in one round trip; returns how many
+    /// probes were attached (0 also when they were adopted from pins).
+    pub async fn hook_file(
         &self,
         path: &Path,
         id: FileId,
-        target: TlsTarget,
+        target: Option<TlsTarget>,
     ) -> Result<usize, LoaderError> {
-        let path = path.to_path_buf();
-        self.call(|reply| Command::AttachTarget(Box::new((path, id, target)), reply))
-            .await
+        let request = Box::new(HookRequest {
+            path: path.to_path_buf(),
+            id,
+            target,
+        });
+        self.call(|reply| Command::HookFile(request, reply)).await
+    }
+
+    /// Detaches the pinned probes no part of this agent attached or adopted
+    /// (left by an earlier agent for files nothing runs any more), and forgets
+    /// their files; call once what runs has been hooked. Returns their names.
+    pub async fn prune_links(&self) -> Result<Vec<String>, LoaderError> {
+        self.call(Command::PruneLinks).await
     }
 
     /// Patches the ciphertext of protected connections on interface `ifindex`.
@@ -299,6 +337,7 @@ impl DataPlane {
 
     fn stop(&mut self) {
         let _ = self.commands.send(Command::Shutdown);
+        self.wakeup.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -314,7 +353,8 @@ impl Drop for DataPlane {
 fn run(
     config: LoaderConfig,
     inbox: std_mpsc::Receiver<Command>,
-    events: mpsc::Sender<Event>,
+    wakeup: Wakeup,
+    events: EventSender,
     ready: std_mpsc::Sender<Result<(), LoaderError>>,
 ) {
     let mut object = MaybeUninit::uninit();
@@ -327,17 +367,13 @@ fn run(
     };
     let ring = {
         let mut builder = RingBufferBuilder::new();
-        let sender = events.clone();
+        // Never blocks: this thread also serves the commands the async side may be awaiting.
         let added = builder.add(&loaded.skel.maps.events, move |bytes: &[u8]| {
             match Event::decode(bytes) {
-                // A held process waits for its event: that one is never dropped.
-                Ok(event) if event.kind == EventKind::ExecHeld => {
-                    let _ = sender.blocking_send(event);
-                }
                 Ok(event) => {
                     trace!(?event, "data plane event");
-                    if sender.try_send(event).is_err() {
-                        debug!("event queue full, event dropped");
+                    if events.send(event) == Delivery::Dropped {
+                        debug!("event queue full, decision dropped");
                     }
                 }
                 Err(err) => warn!(%err, "undecodable ring-buffer record"),
@@ -359,12 +395,29 @@ fn run(
             }
         }
     };
+    // SAFETY: the ring buffer owns this epoll fd and outlives `waiter`, declared after it.
+    let ring_fd = unsafe { BorrowedFd::borrow_raw(ring.epoll_fd()) };
+    let waiter = match wakeup.waiter(ring_fd) {
+        Ok(waiter) => waiter,
+        Err(source) => {
+            let _ = ready.send(Err(LoaderError::Io {
+                path: "epoll".into(),
+                source,
+            }));
+            return;
+        }
+    };
     let _ = ready.send(Ok(()));
     info!(rewrite = config.rewrite, pin_dir = %config.pin_dir.display(), "data plane loaded");
     loop {
-        // Events are submitted without wakeups (see common.bpf.h): wait, then drain.
-        if let Err(err) = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume()) {
-            warn!(%err, "ring buffer poll failed");
+        match waiter.wait(POLL_INTERVAL) {
+            Ok(Woken::Command) => {}
+            Ok(Woken::Ring | Woken::Timeout) => {
+                if let Err(err) = ring.consume() {
+                    warn!(%err, "ring buffer consume failed");
+                }
+            }
+            Err(err) => warn!(%err, "waiting for the ring buffer failed"),
         }
         loop {
             match inbox.try_recv() {
@@ -383,74 +436,13 @@ fn run(
 struct Loaded<'obj> {
     skel: KloakSkel<'obj>,
     links: LinkSet,
-    next_target: u32,
+    slots: TargetSlots,
     rewrite: bool,
     /// Keys are captured and packets patched (strategy allows it, self-test passed).
     ciphertext: bool,
     tc_handle: u32,
     /// Filters attached by this instance, detached at teardown unless pins persist.
     wire: Vec<(String, TcHook)>,
-}
-
-/// Everything attached, by name, so nothing is hooked twice.
-struct LinkSet {
-    links: Vec<(String, Link)>,
-    names: BTreeSet<String>,
-    /// Where links are pinned when the instance persists; None for `kloak run`.
-    dir: Option<PathBuf>,
-}
-
-impl LinkSet {
-    /*
-     * Attaches unless a pinned link of that name exists: then it is adopted,
-     * so a restarted agent never opens a window without probes. Persistent
-     * instances pin what they attach.
-     */
-    fn keep(
-        &mut self,
-        name: &str,
-        attach: impl FnOnce() -> Result<Link, LoaderError>,
-    ) -> Result<usize, LoaderError> {
-        if !self.names.insert(name.to_owned()) {
-            return Ok(0);
-        }
-        let pinned = self.dir.as_ref().map(|dir| dir.join(name));
-        if let Some(path) = &pinned {
-            if path.exists() {
-                let link = Link::open(path).map_err(|source| LoaderError::Attach {
-                    what: format!("adopting pinned link {}", path.display()),
-                    source,
-                })?;
-                debug!(link = name, "adopted pinned link");
-                self.links.push((name.to_owned(), link));
-                return Ok(0);
-            }
-        }
-        let mut link = attach()?;
-        if let Some(path) = &pinned {
-            link.pin(path).map_err(|source| LoaderError::Attach {
-                what: format!("pinning link {}", path.display()),
-                source,
-            })?;
-        }
-        self.links.push((name.to_owned(), link));
-        Ok(1)
-    }
-
-    /// Detaches the probes of one file: their names carry "-<dev>-<ino>-".
-    fn drop_file(&mut self, id: FileId) -> usize {
-        let tag = format!("-{}-{}-", id.dev, id.ino);
-        let before = self.links.len();
-        self.links.retain_mut(|(name, link)| {
-            let keep = !name.contains(&tag);
-            if !keep && link.pin_path().is_some() {
-                let _ = link.unpin();
-            }
-            keep
-        });
-        self.names.retain(|name| !name.contains(&tag));
-        before - self.links.len()
-    }
 }
 
 fn load<'obj>(
@@ -489,10 +481,17 @@ fn load<'obj>(
         let name = map.name().to_string_lossy().into_owned();
         let pinned = maps_dir.join(&name);
         if PINNED_MAPS.contains(&name.as_str()) && pinned.exists() {
-            map.reuse_pinned_map(&pinned).map_err(|err| {
-                LoaderError::Load(format!("adopting {}: {err:#}", pinned.display()))
-            })?;
-            info!(map = %name, "adopted pinned map");
+            match map.reuse_pinned_map(&pinned) {
+                Ok(()) => info!(map = %name, "adopted pinned map"),
+                // Another layout (an older kloak): the pin goes, a fresh map replaces it.
+                Err(err) => {
+                    warn!(map = %name, %err, "pinned map does not match this kloak; replacing it");
+                    fs::remove_file(&pinned).map_err(|source| LoaderError::Io {
+                        path: pinned.clone(),
+                        source,
+                    })?;
+                }
+            }
         }
     }
     let mut skel = open
@@ -523,11 +522,21 @@ fn load<'obj>(
             source,
         })?;
     }
-    let mut links = LinkSet {
-        links: Vec::new(),
-        names: BTreeSet::new(),
-        dir,
+    let mut links = LinkSet::new(dir);
+    // `--observe` stops rewriting before anything else runs, and back.
+    let mode = if config.rewrite {
+        Mode::Rewrite
+    } else {
+        Mode::ReadOnly
     };
+    let pruned = links.prune_other_mode(mode);
+    if !pruned.is_empty() {
+        info!(
+            links = pruned.len(),
+            ?mode,
+            "detached the other rewrite mode's pinned probes"
+        );
+    }
     let progs = &skel.progs;
     let syscalls = [
         (&progs.handle_sys_write, "sys_enter_write"),
@@ -572,10 +581,11 @@ fn load<'obj>(
                 })
         })?;
     }
+    let slots = target_slots(&skel)?;
     Ok(Loaded {
         skel,
         links,
-        next_target: 0,
+        slots,
         rewrite: config.rewrite,
         ciphertext,
         tc_handle: config.tc_handle,
@@ -612,6 +622,33 @@ fn gcm_selftest(skel: &KloakSkel<'_>, strategy: RewriteStrategy) -> Result<bool,
     }
 }
 
+/// The Go target slots the (possibly adopted) `targets` map holds.
+fn target_slots(skel: &KloakSkel<'_>) -> Result<TargetSlots, LoaderError> {
+    let capacity = kloak_limits::KLOAK_MAX_TARGETS.0;
+    let mut records = Vec::new();
+    for slot in 0..capacity {
+        let value = skel
+            .maps
+            .targets
+            .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "targets",
+                source,
+            })?;
+        let mut record = kloak_target::default();
+        if let Some(bytes) = value {
+            if plain::copy_from_bytes(&mut record, &bytes).is_ok() && record.func_vaddr != 0 {
+                let file = FileId {
+                    dev: record.file_dev,
+                    ino: record.file_ino,
+                };
+                records.push((slot, file));
+            }
+        }
+    }
+    Ok(TargetSlots::from_records(records, capacity))
+}
+
 impl Loaded<'_> {
     fn handle(&mut self, command: Command) {
         match command {
@@ -621,17 +658,17 @@ impl Loaded<'_> {
             Command::AttachDns(cgroup, reply) => {
                 let _ = reply.send(self.attach_dns(&cgroup));
             }
-            Command::AttachTarget(request, reply) => {
-                let (path, id, target) = *request;
-                let _ = reply.send(self.attach_target(&path, id, &target));
+            Command::HookFile(request, reply) => {
+                let _ = reply.send(self.hook_file(*request));
             }
             Command::AttachWire(ifindex, name, side, reply) => {
                 let _ = reply.send(self.attach_wire(ifindex, &name, side));
             }
             Command::DetachFile(id, reply) => {
-                let detached = self.links.drop_file(id);
-                // Still marked inspected, its next exec would run unhooked.
-                let _ = reply.send(self.apply(vec![file_forget(id)]).map(|()| detached));
+                let _ = reply.send(self.detach_file(id));
+            }
+            Command::PruneLinks(reply) => {
+                let _ = reply.send(self.prune_links());
             }
             Command::Counters(reply) => {
                 let _ = reply.send(self.counters());
@@ -653,7 +690,47 @@ impl Loaded<'_> {
             MapName::Verified => &maps.verified,
             MapName::Resolvers => &maps.resolvers,
             MapName::Files => &maps.files,
+            MapName::Held => &maps.held,
         }
+    }
+
+    fn hook_file(&mut self, request: HookRequest) -> Result<usize, LoaderError> {
+        let HookRequest { path, id, target } = request;
+        let (probes, state) = match &target {
+            Some(target) => (self.attach_target(&path, id, target)?, FileState::Hooked),
+            None => (0, FileState::Inspected),
+        };
+        self.apply(vec![file_record(id, state)])?;
+        Ok(probes)
+    }
+
+    fn detach_file(&mut self, id: FileId) -> Result<usize, LoaderError> {
+        let detached = self.links.drop_file(id);
+        if let Some(slot) = self.slots.release(id) {
+            let empty = kloak_target::default();
+            self.skel
+                .maps
+                .targets
+                .update(&slot.to_ne_bytes(), bytes_of(&empty), MapFlags::ANY)
+                .map_err(|source| LoaderError::Map {
+                    map: "targets",
+                    source,
+                })?;
+        }
+        // Still marked inspected, its next exec would run unhooked.
+        self.apply(vec![file_forget(id)])?;
+        Ok(detached)
+    }
+
+    fn prune_links(&mut self) -> Result<Vec<String>, LoaderError> {
+        let pruned = self.links.prune_unclaimed();
+        let mut files: Vec<FileId> = pruned.iter().filter_map(|n| links::file_of(n)).collect();
+        files.sort();
+        files.dedup();
+        for id in files {
+            self.detach_file(id)?;
+        }
+        Ok(pruned)
     }
 
     fn apply(&mut self, ops: Vec<MapOp>) -> Result<(), LoaderError> {
@@ -714,12 +791,7 @@ impl Loaded<'_> {
         retprobe: bool,
         cookie: u64,
     ) -> Result<usize, LoaderError> {
-        let name = format!(
-            "{program}-{}-{}-{offset:x}{}",
-            id.dev,
-            id.ino,
-            if retprobe { "-ret" } else { "" }
-        );
+        let name = links::uprobe_name(program, id, offset, retprobe);
         let progs = &self.skel.progs;
         let prog = match program {
             "handle_ssl_write_rw" => &progs.handle_ssl_write_rw,
@@ -847,13 +919,14 @@ impl Loaded<'_> {
                 }
             }
             TlsTarget::Go(go) => {
-                let index = self.next_target;
-                self.next_target += 1;
+                let index = self.slots.assign(id)?;
                 let record = kloak_target {
                     func_vaddr: go.write.vaddr,
                     go_tcpconn_close: go.tcpconn_close_vaddr,
                     go_tcpconn_write: go.tcpconn_write_vaddr,
                     go_fd_offset: GO_NETFD_SYSFD_OFFSET,
+                    file_dev: id.dev,
+                    file_ino: id.ino,
                     ..Default::default()
                 };
                 self.skel
@@ -986,7 +1059,7 @@ impl Loaded<'_> {
 
     fn teardown(&mut self, config: &LoaderConfig) {
         // Pinned links stay attached when this process exits; the rest detach here.
-        self.links.links.clear();
+        self.links.release();
         if !config.persist {
             for (name, mut hook) in self.wire.drain(..) {
                 if let Err(err) = hook.detach() {

@@ -31,6 +31,8 @@ pub enum MapName {
     Verified,
     Resolvers,
     Files,
+    /// Processes stopped at exec (kernel-written; read and cleared by the sweep).
+    Held,
 }
 
 impl MapName {
@@ -43,6 +45,7 @@ impl MapName {
             Self::Verified => "verified",
             Self::Resolvers => "resolvers",
             Self::Files => "files",
+            Self::Held => "held",
         }
     }
 }

@@ -1,14 +1,20 @@
 //! The eBPF data plane: skeleton, loader thread, map records, events, kernel
 //! probes, and the GCM model the ciphertext strategy is checked against.
 
+pub mod dispatch;
 pub mod events;
 pub mod gcm;
+pub mod held;
 pub mod hooking;
+pub mod links;
 pub mod loader;
 pub mod maps;
 pub mod probes;
 pub mod skel;
+pub mod slots;
 pub mod targets;
+pub mod wake;
 
+pub use dispatch::EventReceiver;
 pub use events::{Event, EventKind, Reason, Strategy};
 pub use loader::{DataPlane, LoaderConfig, ObserveReason, RewriteStrategy, WireSide};

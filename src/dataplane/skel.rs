@@ -56,6 +56,7 @@ plain!(
     kloak_resolver_key,
     kloak_target,
     kloak_file_key,
+    kloak_held,
     kloak_conn_key,
     kloak_gcm_selftest,
     kloak_ct_session,

@@ -177,7 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     // Events still in the ring buffer belong to this run: let the poller catch up.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    while let Ok(event) = events.try_recv() {
+    while let Some(event) = events.try_recv() {
         if event.kind == EventKind::ExecHeld {
             hooking::hook_exec(&dataplane, Path::new("/proc"), event.pid).await;
         }
