@@ -86,7 +86,9 @@ if [[ " $tiers " == *" host "* ]]; then
   # The scenario files below prove the in-place strategy (and, under lockdown, that it fails
   # closed); ciphertext.sh proves the ciphertext strategy, which works on any kernel.
   export KLOAK_STRATEGY=in-place
-  cargo test --locked --test pins --test binding -- --ignored 2>&1 | tee "$logs/host-integration.log" || status=1
+  # restarts.rs's observe switch and stale_restore.rs need user-memory writes: the VM tier runs them.
+  cargo test --locked --test pins --test binding --test restarts -- --ignored --skip switching_to_observe 2>&1 |
+    tee "$logs/host-integration.log" || status=1
   E2E_WORK=$logs/host tests/e2e/scenarios.sh --expect "$expect" 2>&1 | tee "$logs/host.log"
   count "$logs/host.log" "host $(uname -r)"
   E2E_WORK=$logs/host-go tests/e2e/go_matrix.sh --expect "$expect" 2>&1 | tee "$logs/host-go.log"
@@ -104,6 +106,15 @@ if [[ " $tiers " == *" host "* ]]; then
   count "$logs/host-ct.log" "host $(uname -r) ciphertext"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
+  # The root-only Rust tests that need user-memory writes, as built test binaries.
+  mapfile -t vm_tests < <(cargo test --locked --no-run --test restarts --test stale_restore \
+    --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])')
+  [ "${#vm_tests[@]}" -eq 2 ] || { echo "vm: the restarts and stale_restore test binaries were not built"; failed=$((failed + 1)); }
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
   # under /tmp runs from a staged copy of what the scenarios and the matrix
   # need (tests/ holds the matrix's clients; its venv is in the cache).
@@ -113,6 +124,11 @@ if [[ " $tiers " == *" vm "* ]]; then
     rm -rf "$vm_root" && mkdir -p "$vm_root/target/debug" "$vm_root/target/e2e"
     cp -r tests scripts "$vm_root/"
     cp target/debug/kloak target/debug/kloak-drop-first "$vm_root/target/debug/"
+    mkdir -p "$vm_root/target/debug/deps"
+    for i in "${!vm_tests[@]}"; do
+      cp "${vm_tests[$i]}" "$vm_root/target/debug/deps/"
+      vm_tests[$i]=$vm_root/target/debug/deps/$(basename "${vm_tests[$i]}")
+    done
     cp -r target/e2e/goclient target/e2e/go target/e2e/certs "$vm_root/target/e2e/"
   fi
   for kernel in $kernels; do
@@ -120,11 +136,14 @@ if [[ " $tiers " == *" vm "* ]]; then
     # One boot for three scenario files; each ends with its own result line. The security
     # scenarios run with the default strategy (auto): OpenSSL clients' AES-GCM sessions are
     # patched in the ciphertext, Go and HPACK Huffman headers rewritten in place.
+    restarts=$(printf '%s\n' "${vm_tests[@]}" | grep '/restarts-')
+    stale=$(printf '%s\n' "${vm_tests[@]}" | grep '/stale_restore-')
     vm_run "$logs/vm-$kernel.log" "vm $kernel" --kernel "$kernel" --timeout 2400 -- \
-      sh -c "E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
+      sh -c "tests/e2e/rust_root.sh $restarts switching_to_observe -- $stale;
+             E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
              E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite;
              E2E_WORK=/tmp/e2e-ct tests/e2e/ciphertext.sh"
-    count "$logs/vm-$kernel.log" "vm $kernel" 3
+    count "$logs/vm-$kernel.log" "vm $kernel" 4
     echo "== tier 3: VM, Debian $kernel kernel, Bun"
     vm_run "$logs/vm-$kernel-bun.log" "vm $kernel bun" --kernel "$kernel" --cpu max --timeout 900 -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite"
