@@ -696,12 +696,17 @@ impl Loaded<'_> {
 
     fn hook_file(&mut self, request: HookRequest) -> Result<usize, LoaderError> {
         let HookRequest { path, id, target } = request;
-        let (probes, state) = match &target {
-            Some(target) => (self.attach_target(&path, id, target)?, FileState::Hooked),
-            None => (0, FileState::Inspected),
+        let attached = match &target {
+            Some(target) => self.attach_target(&path, id, target).map(Some),
+            None => Ok(None),
+        };
+        // Recorded even when attaching failed: its execs are not held again and again.
+        let state = match attached {
+            Ok(Some(_)) => FileState::Hooked,
+            _ => FileState::Inspected,
         };
         self.apply(vec![file_record(id, state)])?;
-        Ok(probes)
+        attached.map(|probes| probes.unwrap_or(0))
     }
 
     fn detach_file(&mut self, id: FileId) -> Result<usize, LoaderError> {
