@@ -319,29 +319,46 @@ int BPF_UPROBE(handle_cipher_init, void *cctx, void *cipher, void *engine, const
 }
 
 /*
- * Set by the loader once a tc filter patches packets somewhere: before that
- * (or where filters cannot attach) a bound record would leave unpatched, and
- * its event would claim a rewrite that never reached the wire.
+ * The network namespaces whose packets a tc filter patches, set by the loader
+ * once it attached there (the host's own for `kloak run`, each pod's when the
+ * host end of its interface is wired). A record bound anywhere else would leave
+ * unpatched while its event claimed a rewrite.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLOAK_MAX_WIRED_NETNS);
+	__type(key, __u32);                      /* network namespace inode */
 	__type(value, __u32);
 } ct_wired SEC(".maps");
+
+static __always_inline bool netns_wired(__u32 inum)
+{
+	return inum && bpf_map_lookup_elem(&ct_wired, &inum);
+}
+
+static __always_inline __u32 task_netns(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+}
+
+static __always_inline __u32 sock_netns(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
 
 /* KLOAK_REASON_NONE when placeholders of this object can be patched in its ciphertext. */
 static __always_inline __u32 ct_session_reason(__u64 tls_ptr)
 {
 	struct kloak_conn_key key = conn_key(tls_ptr);
 	struct kloak_ct_session *sess = bpf_map_lookup_elem(&ct_sessions, &key);
-	__u32 zero = 0, *wired = bpf_map_lookup_elem(&ct_wired, &zero);
 
 	if (!sess || sess->cipher == KLOAK_CIPHER_UNKNOWN)
 		return KLOAK_REASON_CIPHER_STATE_UNKNOWN;
 	if (sess->cipher == KLOAK_CIPHER_OTHER)
 		return KLOAK_REASON_CIPHER_UNSUPPORTED;
-	if (!wired || !*wired)
+	if (!netns_wired(task_netns()))
 		return KLOAK_REASON_WIRE_UNAVAILABLE;
 	return KLOAK_REASON_NONE;
 }
@@ -561,6 +578,7 @@ struct bind_ctx {
 	const __u8 *buf;
 	__u32 len;
 	__u32 seq0;
+	__u32 refusal;                           /* refuse_step's reason */
 };
 
 /* The item stage callbacks return 1 (stop) on NULL, before any use. */
@@ -655,7 +673,8 @@ static long need_step(__u64 index, void *data)
 	return 0;
 }
 
-static long table_full_step(__u64 index, void *data)
+/* This write's records cannot carry item `index`: it leaves as written, for b->refusal. */
+static long refuse_step(__u64 index, void *data)
 {
 	struct bind_ctx *b = data;
 	struct kloak_ct_item *item = item_at(b->w, index);
@@ -664,7 +683,7 @@ static long table_full_step(__u64 index, void *data)
 		return 1;
 	if (bindable(b->s, item)) {
 		item->bound = item->len + 1;
-		ct_event(b->w, item, KLOAK_EVENT_TLS_BLOCKED, KLOAK_REASON_PATCH_TABLE_FULL, NULL);
+		ct_event(b->w, item, KLOAK_EVENT_TLS_BLOCKED, b->refusal, NULL);
 	}
 	return 0;
 }
@@ -819,6 +838,13 @@ static __always_inline void ct_on_socket_write(__u32 tid, __u64 tls_ptr, int fd,
 	if (!b.s->nrec)
 		return;
 	bpf_loop(KLOAK_CT_MAX_ITEMS, crossing_step, &b, 0);
+	/* The socket, not the thread, says where the packets go. */
+	if (!netns_wired(sock_netns(sk))) {
+		w->pt_done = b.s->covered;
+		b.refusal = KLOAK_REASON_WIRE_UNAVAILABLE;
+		bpf_loop(KLOAK_CT_MAX_ITEMS, refuse_step, &b, 0);
+		return;
+	}
 	b.flow = flow_for(&b.s->fkey);
 	if (!b.flow)
 		return;
@@ -830,7 +856,8 @@ static __always_inline void ct_on_socket_write(__u32 tid, __u64 tls_ptr, int fd,
 	bpf_loop(KLOAK_CT_MAX_PATCHES, slot_count_step, &slots, 0);
 	w->pt_done = b.s->covered;
 	if (b.s->need > b.s->free) {
-		bpf_loop(KLOAK_CT_MAX_ITEMS, table_full_step, &b, 0);
+		b.refusal = KLOAK_REASON_PATCH_TABLE_FULL;
+		bpf_loop(KLOAK_CT_MAX_ITEMS, refuse_step, &b, 0);
 		return;
 	}
 	if (peer_of_fd(fd, &b.s->peer))

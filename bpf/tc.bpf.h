@@ -32,9 +32,10 @@ struct tcp_packet {
 	__u8 flags;
 };
 
-static __always_inline bool parse_tcp(struct __sk_buff *skb, struct tcp_packet *p)
+/* l3: where the IP header starts (ETH_HLEN, or 0 on devices without a link-layer header). */
+static __always_inline bool parse_tcp(struct __sk_buff *skb, __u32 l3, struct tcp_packet *p)
 {
-	__u32 l3 = ETH_HLEN, l3_end;
+	__u32 l3_end;
 	struct tcphdr tcp;
 	__u8 flags;
 
@@ -272,26 +273,53 @@ static __always_inline void patch_segment(struct __sk_buff *skb, struct tcp_pack
 		count(KLOAK_CTR_CT_FAILED);
 }
 
-SEC("tc")
-int handle_ct_patch(struct __sk_buff *skb)
+static __always_inline int ct_patch(struct __sk_buff *skb, __u32 l3)
 {
 	struct tcp_packet pkt;
 
-	if (!parse_tcp(skb, &pkt))
+	if (!parse_tcp(skb, l3, &pkt))
 		return TC_ACT_UNSPEC;
 	patch_segment(skb, &pkt);
 	on_ack(&pkt);
 	return TC_ACT_UNSPEC;
 }
 
-SEC("tc")
-int handle_ct_ack(struct __sk_buff *skb)
+static __always_inline int ct_ack(struct __sk_buff *skb, __u32 l3)
 {
 	struct tcp_packet pkt;
 
-	if (parse_tcp(skb, &pkt))
+	if (parse_tcp(skb, l3, &pkt))
 		on_ack(&pkt);
 	return TC_ACT_UNSPEC;
+}
+
+/*
+ * One pair per link-layer framing, chosen by the loader from the device's
+ * type: Ethernet-framed devices (and loopback) put 14 bytes before the IP
+ * header, layer-3 devices (WireGuard, tun, IP tunnels) none.
+ */
+SEC("tc")
+int handle_ct_patch(struct __sk_buff *skb)
+{
+	return ct_patch(skb, ETH_HLEN);
+}
+
+SEC("tc")
+int handle_ct_ack(struct __sk_buff *skb)
+{
+	return ct_ack(skb, ETH_HLEN);
+}
+
+SEC("tc")
+int handle_ct_patch_l3(struct __sk_buff *skb)
+{
+	return ct_patch(skb, 0);
+}
+
+SEC("tc")
+int handle_ct_ack_l3(struct __sk_buff *skb)
+{
+	return ct_ack(skb, 0);
 }
 
 /* A connection ended: its patches can never be sent again. */

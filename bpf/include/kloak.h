@@ -27,6 +27,7 @@ enum kloak_limits {
 	KLOAK_CT_MAX_PATCHES = 32,       /* unacknowledged patches per TCP connection */
 	KLOAK_CT_MAX_RECORDS = 4,        /* TLS records parsed per socket write */
 	KLOAK_CT_MAX_FLOWS = 4096,
+	KLOAK_MAX_WIRED_NETNS = 4096,    /* network namespaces (pods) whose packets kloak patches */
 	KLOAK_CT_POW_BITS = 11,          /* H^(2^i) kept per session: exponents up to 2047 blocks */
 };
 

@@ -154,7 +154,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
         leader: leader_rx,
         retry: BTreeSet::new(),
         synced_once: false,
-        wired: BTreeSet::new(),
+        wired: Default::default(),
     };
     let result = node
         .run_loop(

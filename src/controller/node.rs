@@ -1,7 +1,7 @@
 //! The agent's event loop: watch updates, kernel events, leadership and
 //! timers, one at a time, so state changes never race each other.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{debug, error, info, trace, warn};
 
+use super::wire::HostEnd;
+use crate::dataplane::wire::own_netns;
 use crate::dataplane::{held, DataPlane, Event, EventKind, EventReceiver, WireSide};
 use crate::secrets::SecretRef;
 
@@ -42,8 +44,9 @@ pub struct Node {
     /// Sources whose shadow write failed, retried on a timer.
     pub retry: BTreeSet<SecretRef>,
     pub synced_once: bool,
-    /// Pod interfaces with the ciphertext strategy's filters attached.
-    pub wired: BTreeSet<super::wire::HostEnd>,
+    /// Pod interfaces with the ciphertext strategy's filters attached, and
+    /// the network namespace each serves.
+    pub wired: BTreeMap<HostEnd, u32>,
 }
 
 impl Node {
@@ -277,25 +280,49 @@ impl Node {
 
     /*
      * Attaches the ciphertext strategy's filters to the host end of every new
-     * pod interface. Until a pod's interface is wired its records leave
-     * unpatched: whole, with the placeholder (fail closed).
+     * pod interface, for the pod's network namespace. Until a pod's interface
+     * is wired its records leave unpatched: whole, with the placeholder (fail
+     * closed), and its events say wire_unavailable.
      */
     async fn wire_pods(&mut self) {
         let ends = super::wire::pod_host_ends(Path::new(CLASS_NET));
-        self.wired.retain(|end| ends.contains(end));
-        for end in ends {
-            if self.wired.contains(&end) {
-                continue;
+        let gone: Vec<HostEnd> = (self.wired.keys())
+            .filter(|end| !ends.contains(end))
+            .cloned()
+            .collect();
+        for end in gone {
+            self.wired.remove(&end);
+            if let Err(err) = self.agent.sink().detach_wire(end.ifindex).await {
+                warn!(interface = %end.name, %err, "cannot forget a pod interface that went away");
             }
+        }
+        let new: Vec<HostEnd> = ends
+            .into_iter()
+            .filter(|end| !self.wired.contains_key(end))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let own = match own_netns() {
+            Ok(own) => own,
+            Err(err) => return warn!(%err, "cannot read the agent's network namespace"),
+        };
+        let namespaces = super::wire::peer_namespaces(&new, Path::new("/proc"), own);
+        for end in new {
+            let Some(&netns) = namespaces.get(&end.ifindex) else {
+                // A pod still starting has no process yet; later ticks try again.
+                debug!(interface = %end.name, "no network namespace links to this interface yet");
+                continue;
+            };
             match self
                 .agent
                 .sink()
-                .attach_wire(end.ifindex, &end.name, WireSide::PodHostEnd)
+                .attach_wire(end.ifindex, &end.name, WireSide::PodHostEnd, netns)
                 .await
             {
                 Ok(true) => {
-                    info!(interface = %end.name, "pod interface wired for the ciphertext strategy");
-                    self.wired.insert(end);
+                    info!(interface = %end.name, netns, "pod interface wired for the ciphertext strategy");
+                    self.wired.insert(end, netns);
                 }
                 Ok(false) => return,
                 Err(err) => warn!(interface = %end.name, %err, "cannot wire pod interface"),

@@ -14,10 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{
-    MapCore, MapFlags, RingBufferBuilder, TcHook, TcHookBuilder, TracepointCategory, UprobeOpts,
-    TC_EGRESS, TC_INGRESS,
-};
+use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder, TracepointCategory, UprobeOpts};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, info, trace, warn};
@@ -35,6 +32,7 @@ use super::skel::types::{
 use super::slots::{SlotsFull, TargetSlots};
 use super::targets::{FileId, GoKeyCapture, TlsTarget};
 use super::wake::{Wakeup, Woken};
+use super::wire::{Framing, Wire, WireError, WirePrograms, WireSide};
 
 #[derive(Debug, Error)]
 pub enum LoaderError {
@@ -61,6 +59,8 @@ pub enum LoaderError {
     UnknownProgram(&'static str),
     #[error(transparent)]
     Slots(#[from] SlotsFull),
+    #[error(transparent)]
+    Wire(#[from] WireError),
 }
 
 /// How the data plane should run.
@@ -110,16 +110,6 @@ impl RewriteStrategy {
             Self::Ciphertext => "ciphertext",
         }
     }
-}
-
-/// Where on an interface the workload's packets leave, for the ciphertext strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WireSide {
-    /// The host's own interface (`kloak run`): packets leave on egress.
-    HostEgress,
-    /// The host end of a pod's veth: the pod's packets arrive on its ingress,
-    /// so the pod never sees them patched.
-    PodHostEnd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +165,8 @@ enum Command {
     Apply(Vec<MapOp>, Reply<()>),
     AttachDns(PathBuf, Reply<()>),
     HookFile(Box<HookRequest>, Reply<usize>),
-    AttachWire(u32, String, WireSide, Reply<bool>),
+    AttachWire(Box<(u32, String, WireSide, u32)>, Reply<bool>),
+    DetachWire(u32, Reply<()>),
     DetachFile(FileId, Reply<usize>),
     PruneLinks(Reply<Vec<String>>),
     Counters(Reply<Vec<u64>>),
@@ -192,6 +183,9 @@ pub struct DataPlane {
 
 /// Index of the ring-buffer loss counter in [`DataPlane::counters`].
 pub const COUNTER_EVENTS_LOST: usize = kloak_counter::KLOAK_CTR_EVENTS_LOST.0 as usize;
+
+/// Interfaces, in the agent's network namespace.
+const CLASS_NET: &str = "/sys/class/net";
 
 /// How often queued decisions are drained: the kernel submits them without a
 /// wakeup; held processes and commands wake the thread at once.
@@ -297,18 +291,27 @@ impl DataPlane {
         self.call(Command::PruneLinks).await
     }
 
-    /// Patches the ciphertext of protected connections on interface `ifindex`.
-    /// Returns false when the ciphertext strategy is off (nothing attached).
-    /// `name` tells a new interface from an old one that had the same index.
+    /// Patches the ciphertext of protected connections on interface `ifindex`,
+    /// through which the packets of network namespace `netns` (its inode)
+    /// leave. Returns false when the ciphertext strategy is off (nothing
+    /// attached). `name` tells a new interface from an old one that had the
+    /// same index.
     pub async fn attach_wire(
         &self,
         ifindex: u32,
         name: &str,
         side: WireSide,
+        netns: u32,
     ) -> Result<bool, LoaderError> {
         let name = name.to_owned();
-        self.call(|reply| Command::AttachWire(ifindex, name, side, reply))
+        self.call(|reply| Command::AttachWire(Box::new((ifindex, name, side, netns)), reply))
             .await
+    }
+
+    /// Interface `ifindex` is gone or serves no namespace any more: records of
+    /// the namespace it served are no longer bound (unless another serves it).
+    pub async fn detach_wire(&self, ifindex: u32) -> Result<(), LoaderError> {
+        self.call(|reply| Command::DetachWire(ifindex, reply)).await
     }
 
     /// What the given maps hold now: after adopting pinned maps, the base to
@@ -440,9 +443,8 @@ struct Loaded<'obj> {
     rewrite: bool,
     /// Keys are captured and packets patched (strategy allows it, self-test passed).
     ciphertext: bool,
-    tc_handle: u32,
     /// Filters attached by this instance, detached at teardown unless pins persist.
-    wire: Vec<(String, TcHook)>,
+    wire: Wire,
 }
 
 fn load<'obj>(
@@ -588,8 +590,7 @@ fn load<'obj>(
         slots,
         rewrite: config.rewrite,
         ciphertext,
-        tc_handle: config.tc_handle,
-        wire: Vec::new(),
+        wire: Wire::new(config.tc_handle),
     })
 }
 
@@ -661,8 +662,13 @@ impl Loaded<'_> {
             Command::HookFile(request, reply) => {
                 let _ = reply.send(self.hook_file(*request));
             }
-            Command::AttachWire(ifindex, name, side, reply) => {
-                let _ = reply.send(self.attach_wire(ifindex, &name, side));
+            Command::AttachWire(request, reply) => {
+                let (ifindex, name, side, netns) = *request;
+                let _ = reply.send(self.attach_wire(ifindex, &name, side, netns));
+            }
+            Command::DetachWire(ifindex, reply) => {
+                let result = self.wire.forget(ifindex, &self.skel.maps.ct_wired);
+                let _ = reply.send(result.map_err(LoaderError::from));
             }
             Command::DetachFile(id, reply) => {
                 let _ = reply.send(self.detach_file(id));
@@ -972,52 +978,28 @@ impl Loaded<'_> {
         ifindex: u32,
         ifname: &str,
         side: WireSide,
+        netns: u32,
     ) -> Result<bool, LoaderError> {
         if !self.ciphertext {
             return Ok(false);
         }
         let progs = &self.skel.progs;
-        let (patch_at, ack_at) = match side {
-            WireSide::HostEgress => (TC_EGRESS, TC_INGRESS),
-            WireSide::PodHostEnd => (TC_INGRESS, TC_EGRESS),
+        let (patch, ack) = match Framing::of_interface(Path::new(CLASS_NET), ifname)? {
+            Framing::Ethernet => (&progs.handle_ct_patch, &progs.handle_ct_ack),
+            Framing::Layer3 => (&progs.handle_ct_patch_l3, &progs.handle_ct_ack_l3),
         };
-        for (program, point, what) in [
-            (&progs.handle_ct_patch, patch_at, "patch"),
-            (&progs.handle_ct_ack, ack_at, "ack"),
-        ] {
-            let name = format!("tc-{what}-{ifindex}-{ifname}");
-            if self.wire.iter().any(|(n, _)| *n == name) {
-                continue;
-            }
-            let attach_error = |source| LoaderError::Attach {
-                what: format!("tc {what} program on {ifname} ({ifindex})"),
-                source,
-            };
-            let mut hook = TcHookBuilder::new(program.as_fd())
-                .ifindex(ifindex as i32)
-                .replace(true)
-                .handle(self.tc_handle)
-                .priority(TC_PRIORITY)
-                .hook(point);
-            hook.create().map_err(attach_error)?;
-            hook.attach().map_err(attach_error)?;
-            self.wire.push((name, hook));
-        }
-        // Only now may the kernel bind records to the wire (ct_wired in cipher.bpf.h).
-        self.skel
-            .maps
-            .ct_wired
-            .update(&0u32.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|source| LoaderError::Map {
-                map: "ct_wired",
-                source,
-            })?;
-        info!(
-            interface = ifname,
+        let programs = WirePrograms {
+            patch: patch.as_fd(),
+            ack: ack.as_fd(),
+        };
+        self.wire.attach(
             ifindex,
-            ?side,
-            "ciphertext patching attached"
-        );
+            ifname,
+            side,
+            netns,
+            programs,
+            &self.skel.maps.ct_wired,
+        )?;
         Ok(true)
     }
 
@@ -1066,11 +1048,7 @@ impl Loaded<'_> {
         // Pinned links stay attached when this process exits; the rest detach here.
         self.links.release();
         if !config.persist {
-            for (name, mut hook) in self.wire.drain(..) {
-                if let Err(err) = hook.detach() {
-                    warn!(filter = %name, %err, "cannot detach tc filter");
-                }
-            }
+            self.wire.detach_all();
         }
         if config.persist {
             info!(pin_dir = %config.pin_dir.display(), "data plane left pinned for the next agent");
@@ -1089,9 +1067,6 @@ impl Loaded<'_> {
         info!("data plane detached");
     }
 }
-
-/// Priority of kloak's `tc` filters; each instance has its own handle.
-const TC_PRIORITY: u32 = 1;
 
 /// `poll.FD.Sysfd` inside `net.netFD`: after `fdmu fdMutex` (16 bytes), stable since Go 1.9.
 const GO_NETFD_SYSFD_OFFSET: u32 = 16;

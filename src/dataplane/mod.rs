@@ -14,7 +14,9 @@ pub mod skel;
 pub mod slots;
 pub mod targets;
 pub mod wake;
+pub mod wire;
 
 pub use dispatch::EventReceiver;
 pub use events::{Event, EventKind, Reason, Strategy};
-pub use loader::{DataPlane, LoaderConfig, ObserveReason, RewriteStrategy, WireSide};
+pub use loader::{DataPlane, LoaderConfig, ObserveReason, RewriteStrategy};
+pub use wire::WireSide;

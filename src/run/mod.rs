@@ -23,9 +23,11 @@ use tracing::{info, warn};
 use crate::cli::RunArgs;
 use crate::config::{self, RunInput};
 use crate::dataplane::hooking;
+use crate::dataplane::loader::LoaderError;
 use crate::dataplane::maps::{diff, host_id, DesiredState, Records, SecretState};
 use crate::dataplane::probes;
 use crate::dataplane::targets;
+use crate::dataplane::wire::{own_netns, WireError};
 use crate::dataplane::{DataPlane, EventKind, LoaderConfig, RewriteStrategy, WireSide};
 use crate::placeholder::{self, Placeholder};
 use crate::policy::parse_port;
@@ -281,6 +283,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
  * one of those, and patching twice would undo the patch.
  */
 async fn attach_wire(dataplane: &DataPlane, strategy: RewriteStrategy) -> anyhow::Result<()> {
+    let netns = own_netns().context("reading this process's network namespace")?;
     let mut interfaces = BTreeMap::new();
     for ifaddr in nix::ifaddrs::getifaddrs().context("listing network interfaces")? {
         let family = ifaddr
@@ -298,11 +301,15 @@ async fn attach_wire(dataplane: &DataPlane, strategy: RewriteStrategy) -> anyhow
     }
     for (index, name) in interfaces {
         match dataplane
-            .attach_wire(index, &name, WireSide::HostEgress)
+            .attach_wire(index, &name, WireSide::HostEgress, netns)
             .await
         {
             Ok(true) => info!(interface = %name, "ciphertext patching on"),
             Ok(false) => return Ok(()),
+            // One odd interface must not stop the rest; the warning names what it leaves unpatched.
+            Err(LoaderError::Wire(err @ WireError::UnsupportedFraming { .. })) => {
+                warn!(interface = %name, %err, "no ciphertext patching here")
+            }
             Err(err) if strategy == RewriteStrategy::Ciphertext => {
                 return Err(err).with_context(|| format!("interface {name}"))
             }

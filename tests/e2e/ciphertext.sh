@@ -15,7 +15,8 @@
 # AES-GCM key sizes; d. ChaCha20-Poly1305 (fail closed); d2. an HPACK Huffman-coded header (fail
 # closed); e. forced loss on loopback; f. a and e over a veth pair into a network namespace; g. Go: TLS
 # 1.3 rewritten, a host that is not allowed gets the placeholder, TLS 1.2 fails closed (its keys are not
-# linked to a connection).
+# linked to a connection); i. a client in a network namespace kloak patches nowhere (fail closed, and no
+# event claims a rewrite); j. a layer-3 link (tun, framed like WireGuard: no Ethernet header).
 set -uo pipefail
 
 E2E=$(cd "$(dirname "$0")" && pwd)
@@ -29,7 +30,11 @@ GOCLIENT=$CLIENTS/goclient
 NS=kloakct NS_HOST_IF=kct0 NS_IF=kct1 NS_HOST_ADDR=10.231.0.1/30 NS_ADDR=10.231.0.2
 # g: Go's TLS 1.3 write keys are captured (bpf/gotls.bpf.h), so Go rewrites; its TLS 1.2 keys are not
 # linked to a connection, so a Go TLS 1.2 client must fail closed.
-trap 'cleanup; netns_down "$NS" "$NS_HOST_IF"' EXIT
+# j: a layer-3 link into another namespace, two tun devices joined by tests/fixtures/tun_pair.py.
+TUN_NS=kloaktun TUN_HOST_IF=ktun0 TUN_NS_IF=ktun1 TUN_HOST_ADDR=10.232.0.1 TUN_NS_ADDR=10.232.0.2
+# i: the server and resolver on the host end of f's veth pair, which a client inside $NS reaches.
+HOST_END_ADDR=${NS_HOST_ADDR%/*}
+trap 'cleanup; netns_down "$NS" "$NS_HOST_IF"; ip netns del "$TUN_NS" 2>/dev/null' EXIT
 
 missing=0
 [ "$(id -u)" -eq 0 ] || { fail prerequisites "the ciphertext scenarios need root"; summary; exit 1; }
@@ -40,6 +45,7 @@ need "Go client $GOCLIENT (scripts/build-test-clients.sh)" test -x "$GOCLIENT"
 need "test certificates in $CERTS (scripts/build-test-clients.sh)" test -e "$CERTS/server.pem"
 need "curl" curl --version
 need "network namespaces (ip netns)" ip netns list
+need "tun devices (/dev/net/tun)" test -c /dev/net/tun
 [ "$missing" -eq 0 ] || { summary; exit 1; }
 
 export SSL_CERT_FILE=$CERTS/ca.pem CURL_CA_BUNDLE=$CERTS/ca.pem
@@ -59,6 +65,18 @@ start_dns_server 127.0.0.53:53 "$WORK/dns.log" \
 # f's resolver: the allowed name is the server in the namespace.
 start_dns_server 127.0.0.55:53 "$WORK/ns-dns.log" \
   --record allowed.kloak.test="$NS_ADDR" --record other.kloak.test=127.0.0.2 || setup_failed "DNS server for $NS"
+start_tls_server "$HOST_END_ADDR:8443" "$WORK/host.rec" || setup_failed "TLS server on $HOST_END_ADDR"
+start_dns_server "$HOST_END_ADDR:53" "$WORK/host-dns.log" \
+  --record allowed.kloak.test="$HOST_END_ADDR" || setup_failed "DNS server on $HOST_END_ADDR"
+ip netns del "$TUN_NS" 2>/dev/null
+ip netns add "$TUN_NS" || setup_failed "network namespace $TUN_NS"
+python3 "$FIXTURES/tun_pair.py" "$TUN_HOST_IF" "$TUN_HOST_ADDR/30" "$TUN_NS" "$TUN_NS_IF" "$TUN_NS_ADDR/30" \
+  > "$WORK/tun.log" 2>&1 &
+PIDS+=($!)
+wait_ready "$WORK/tun.log" || setup_failed "tun pair into $TUN_NS"
+NETNS=$TUN_NS start_tls_server "$TUN_NS_ADDR:8443" "$WORK/tun.rec" || setup_failed "TLS server in $TUN_NS"
+start_dns_server 127.0.0.56:53 "$WORK/tun-dns.log" \
+  --record allowed.kloak.test="$TUN_NS_ADDR" || setup_failed "DNS server for $TUN_NS"
 
 # check_ciphertext NAME PEER: NAME's placeholders to PEER were rewritten, all of them by the ciphertext
 # strategy (none in place).
@@ -274,6 +292,20 @@ run_allowed go-tls12 "$GOCLIENT" -tls12 -url https://allowed.kloak.test:8443/ -h
 check_placeholder go-tls12 "$WORK/a.rec" cipher_state_unknown
 [ "$(events_count go-tls12 event=rewritten)" -eq 0 ] && pass "go-tls12: no rewritten event" \
   || fail go-tls12 "a rewritten event without the session's keys: $(head -c 600 "$WORK/go-tls12.events")"
+
+# ---- i. A client in a network namespace kloak patches nowhere ------------------------------------------
+# kloak run wires the host's interfaces for the host's namespace. A client that enters $NS sends its
+# records out of $NS_IF and into the host through the ingress of $NS_HOST_IF: no filter of kloak's ever
+# sees them, so they must leave as written (the placeholder), and no event may claim a rewrite.
+DNS=$HOST_END_ADDR run_allowed unwired ip netns exec "$NS" sh -c "curl -sS -m 10 -H \"$AUTH\" https://allowed.kloak.test:8443/"
+check_placeholder unwired "$WORK/host.rec" wire_unavailable
+[ "$(events_count unwired event=rewritten)" -eq 0 ] && pass "unwired: no rewritten event" \
+  || fail unwired "a rewritten event for records no filter patches: $(head -c 600 "$WORK/unwired.events")"
+
+# ---- j. A layer-3 link (tun, framed like WireGuard): the IP header comes first -------------------------
+DNS=127.0.0.56 run_allowed tun sh -c "curl -sS -m 10 -H \"$AUTH\" https://allowed.kloak.test:8443/"
+check_delivery tun "$WORK/tun.rec"
+check_ciphertext tun "$TUN_NS_ADDR:8443"
 
 # S1: the real value never appears in kloak's trace logs, its events, or the clients' outputs.
 if grep -lF "$SECRET" "$WORK"/*.log "$WORK"/*.events "$WORK"/*.out "$WORK"/*.drop 2>/dev/null; then
