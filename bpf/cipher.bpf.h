@@ -44,6 +44,7 @@ struct ct_record {
 /* A placeholder's bytes in one record, patched, its tag share still to add. */
 struct ct_part {
 	struct kloak_secret_key key;
+	__u64 value_id;
 	__u32 slot;                      /* its patch */
 	__u32 secret_off;                /* first byte, in the secret */
 	__u32 ct_start;                  /* ... and in the record's ciphertext */
@@ -732,9 +733,11 @@ static long bind_item_step(__u64 index, void *data)
 	p->secret_off = from - start;
 	p->use_delta = 0;
 	p->key = item->key;
+	p->value_id = b->secret->value_id;
 	publish(p);
 	s->parts[s->nparts & (KLOAK_CT_MAX_ITEMS - 1)] = (struct ct_part){
 		.key = item->key,
+		.value_id = b->secret->value_id,
 		.slot = s->slot,
 		.secret_off = from - start,
 		.ct_start = from - rs,
@@ -763,7 +766,7 @@ static long tag_part_step(__u64 index, void *data)
 	if (index >= s->nparts || index >= KLOAK_CT_MAX_ITEMS)
 		return 1;
 	part = &s->parts[index & (KLOAK_CT_MAX_ITEMS - 1)];
-	b->secret = bpf_map_lookup_elem(&secrets, &part->key);
+	b->secret = secret_value(&part->key, part->value_id);
 	if (!b->secret) {
 		/* Removed since it was placed: withdraw the patch, the record stays whole (S4). */
 		b->flow->patches[part->slot & (KLOAK_CT_MAX_PATCHES - 1)].state = KLOAK_PATCH_FREE;

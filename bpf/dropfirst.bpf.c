@@ -5,6 +5,10 @@
  * application-data record header, and lets every later copy (the
  * retransmission) through, so a test can prove that retransmitted records are
  * patched the same way as the first copy. Loaded by src/bin/kloak-drop-first.rs.
+ *
+ * Hold mode (cfg_hold) drops every copy instead, until userspace opens the
+ * gate: records stay in flight for as long as a test needs (a rotation of the
+ * secret they were bound to, say), then retransmissions get through.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -27,6 +31,15 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u16 cfg_port = 8443;
 /* Stop dropping after this many first copies; 0: never stop. */
 const volatile __u64 cfg_max_drops = 0;
+/* Drop every copy while df_gate[0] is 0. */
+const volatile bool cfg_hold = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} df_gate SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -144,6 +157,16 @@ int handle_tc(struct __sk_buff *skb)
 	if (record[0] != 0x17 || record[1] != 0x03 || record[2] != 0x03)
 		return TC_ACT_UNSPEC;
 
+	if (cfg_hold) {
+		__u32 zero = 0, *open = bpf_map_lookup_elem(&df_gate, &zero);
+
+		if (open && *open) {
+			df_add(KLOAK_DF_PASSED);
+			return TC_ACT_UNSPEC;
+		}
+		df_add(KLOAK_DF_DROPPED);
+		return TC_ACT_SHOT;
+	}
 	key.sport = tcp.source;
 	key.dport = tcp.dest;
 	key.seq = tcp.seq;

@@ -20,6 +20,29 @@ struct {
 	__type(value, struct kloak_secret);
 } secrets SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLOAK_MAX_RETIRED);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct kloak_retired_key);
+	__type(value, struct kloak_secret);
+} retired SEC(".maps");
+
+/*
+ * The secret with exactly this value: the current one, or the one it
+ * replaced while records bound to it were in flight. NULL: neither (fail
+ * closed).
+ */
+static __always_inline struct kloak_secret *secret_value(struct kloak_secret_key *key, __u64 value_id)
+{
+	struct kloak_secret *secret = bpf_map_lookup_elem(&secrets, key);
+	struct kloak_retired_key old = { .key = *key, .value_id = value_id };
+
+	if (secret && secret->value_id == value_id)
+		return secret;
+	return bpf_map_lookup_elem(&retired, &old);
+}
+
 /* S6: (cgroup, secret id) pairs allowed to rewrite. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -237,9 +237,12 @@ static long patch_slot_step(__u64 index, void *data)
 	end = seq_before(p->seq + p->len, pend) ? p->seq + p->len : pend;
 	l->secret = NULL;
 	if (!p->use_delta) {
-		l->secret = bpf_map_lookup_elem(&secrets, &p->key);
-		if (!l->secret)
-			return 0;        /* secret removed: fail closed */
+		/* The value the tag difference was computed with, even if replaced since. */
+		l->secret = secret_value(&p->key, p->value_id);
+		if (!l->secret) {
+			count(KLOAK_CTR_CT_VALUE_GONE);
+			return 0;        /* fail closed */
+		}
 	}
 	l->patch = p;
 	l->pkt_off = pkt->payload_off + (start - pkt->seq);

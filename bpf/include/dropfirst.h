@@ -8,7 +8,7 @@
 
 /* Slots of the df_counters array. */
 enum kloak_df_counter {
-	KLOAK_DF_DROPPED = 0,            /* first copies dropped */
+	KLOAK_DF_DROPPED = 0,            /* first copies dropped (hold mode: every copy) */
 	KLOAK_DF_PASSED = 1,             /* matching segments let through: later copies, or past cfg_max_drops */
 	KLOAK_DF_MAX = 2,
 };

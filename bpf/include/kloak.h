@@ -27,6 +27,7 @@ enum kloak_limits {
 	KLOAK_CT_MAX_PATCHES = 32,       /* unacknowledged patches per TCP connection */
 	KLOAK_CT_MAX_RECORDS = 4,        /* TLS records parsed per socket write */
 	KLOAK_CT_MAX_FLOWS = 4096,
+	KLOAK_MAX_RETIRED = 256,         /* replaced values kept for records in flight */
 	KLOAK_MAX_WIRED_NETNS = 4096,    /* network namespaces (pods) whose packets kloak patches */
 	KLOAK_CT_POW_BITS = 11,          /* H^(2^i) kept per session: exponents up to 2047 blocks */
 };
@@ -136,6 +137,7 @@ enum kloak_counter {
 	KLOAK_CTR_CT_ACKED = 18,         /* patches released by the peer's acknowledgement */
 	KLOAK_CTR_CT_FAILED = 19,        /* a segment could not be patched whole (load, store, checksum) */
 	KLOAK_CTR_RESTORE_STALE = 20,    /* restore lists of calls that never returned, dropped unwritten */
+	KLOAK_CTR_CT_VALUE_GONE = 21,    /* a bound patch whose value was neither current nor retired: not applied */
 	KLOAK_CTR_BLOCKED_BASE = 32,     /* + enum kloak_reason */
 	KLOAK_CTR_MAX = 64,
 };
@@ -159,12 +161,22 @@ struct kloak_secret_key {
 struct kloak_secret {
 	__u32 id;
 	__u32 len;
+	__u64 value_id;                  /* differs whenever value differs (a hash of it, never 0) */
 	__u16 port;                      /* 0: any port */
 	__u16 flags;                     /* enum kloak_secret_flags */
 	__u32 host_count;
 	__u32 host_ids[KLOAK_MAX_HOSTS];
 	__u8 placeholder[KLOAK_MAX_SECRET];
 	__u8 value[KLOAK_MAX_SECRET];
+};
+
+/*
+ * A value replaced or deleted while records bound to it may still be
+ * retransmitted: kept, under its own id, until no patch refers to it.
+ */
+struct kloak_retired_key {
+	struct kloak_secret_key key;
+	__u64 value_id;
 };
 
 /* S6: a secret may be used by this cgroup. */
@@ -397,6 +409,7 @@ struct kloak_ct_patch {
 	__u32 sent;                      /* times applied: 1 + retransmissions */
 	__u32 secret_off;
 	__u32 use_delta;
+	__u64 value_id;                  /* the value bound: a rotation must not change the bytes */
 	struct kloak_secret_key key;
 	__u8 delta[16];
 };

@@ -6,6 +6,11 @@
 //! tests use it to prove that kloak patches retransmitted records too.
 //!
 //! usage: kloak-drop-first --dev lo --direction ingress|egress --port 8443 [--max-drops N]
+//!        [--hold-until FILE]
+//!
+//! With `--hold-until`, every copy is dropped until FILE exists (then every
+//! copy passes, and `released` is printed): a test holds records in flight
+//! while it changes something, then lets the retransmissions through.
 //!
 //! Prints `ready` once attached, runs until SIGTERM or SIGINT, then detaches and
 //! prints `dropped=N passed=M` (M: matching segments let through).
@@ -21,6 +26,7 @@ use std::ffi::CString;
 use std::io::Write;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
@@ -55,6 +61,9 @@ struct DropFirstArgs {
     /// Stop dropping after N first copies (0: never stop).
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_drops: u64,
+    /// Drop every copy, not only the first, until this file exists.
+    #[arg(long, value_name = "FILE")]
+    hold_until: Option<PathBuf>,
     /// tc filter priority. Lower runs first; 1, the lowest, puts the dropper
     /// ahead of filters with kernel-chosen priorities (49152 counting down).
     /// Among filters of one priority the newest runs first.
@@ -101,6 +110,7 @@ fn run(args: DropFirstArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("the dropper's BPF object has no read-only data"))?;
     rodata.cfg_port = args.port;
     rodata.cfg_max_drops = args.max_drops;
+    rodata.cfg_hold = args.hold_until.is_some();
     let skel = open
         .load()
         .context("loading the dropper (needs root and a BPF-capable kernel)")?;
@@ -110,13 +120,45 @@ fn run(args: DropFirstArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "ready").and_then(|()| stdout.flush())?;
 
-    signals.wait().context("waiting for SIGINT or SIGTERM")?;
+    wait_for_signal(&signals, args.hold_until.as_deref(), &skel)?;
     // Detached before counting, so no segment is handled after the count.
     let released = attachment.release();
     let dropped = counter(&skel, kloak_df_counter::KLOAK_DF_DROPPED)?;
     let passed = counter(&skel, kloak_df_counter::KLOAK_DF_PASSED)?;
     writeln!(stdout, "dropped={dropped} passed={passed}").and_then(|()| stdout.flush())?;
     released
+}
+
+/// Until SIGINT or SIGTERM; meanwhile opens the hold gate once `gate_file` exists.
+fn wait_for_signal(
+    signals: &SigSet,
+    gate_file: Option<&Path>,
+    skel: &DropfirstSkel<'_>,
+) -> anyhow::Result<()> {
+    let mut held = gate_file;
+    loop {
+        if let Some(file) = held.filter(|file| file.exists()) {
+            skel.maps
+                .df_gate
+                .update(&0u32.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)
+                .context("opening the hold gate")?;
+            println!("released (found {})", file.display());
+            held = None;
+        }
+        let poll = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        // SAFETY: both pointers are valid for the call; no siginfo is asked for.
+        let got = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &poll) };
+        if got > 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+            return Err(err).context("waiting for SIGINT or SIGTERM");
+        }
+    }
 }
 
 /// The index of interface NAME in this process's network namespace (asked of

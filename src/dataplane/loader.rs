@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder, TracepointCategory, UprobeOpts};
@@ -24,6 +24,7 @@ use super::dispatch::{self, Delivery, EventReceiver, EventSender};
 use super::events::Event;
 use super::links::{self, LinkSet, Mode};
 use super::maps::{file_forget, file_record, FileState, MapName, MapOp, Records};
+use super::retire::{self, Retirements};
 use super::skel::bytes_of;
 use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
 use super::skel::types::{
@@ -211,6 +212,8 @@ const PINNED_MAPS: &[&str] = &[
     "ct_sessions",
     "ct_ciphers",
     "ct_flows",
+    // Replaced values that retransmissions of bound records still need.
+    "retired",
 ];
 
 impl DataPlane {
@@ -419,6 +422,7 @@ fn run(
                 if let Err(err) = ring.consume() {
                     warn!(%err, "ring buffer consume failed");
                 }
+                loaded.release_retired();
             }
             Err(err) => warn!(%err, "waiting for the ring buffer failed"),
         }
@@ -445,6 +449,10 @@ struct Loaded<'obj> {
     ciphertext: bool,
     /// Filters attached by this instance, detached at teardown unless pins persist.
     wire: Wire,
+    /// Replaced secret values kept for records in flight (`retire`).
+    retirements: Retirements,
+    /// When the retired values were last checked against the live patches.
+    retire_checked: Instant,
 }
 
 fn load<'obj>(
@@ -584,6 +592,12 @@ fn load<'obj>(
         })?;
     }
     let slots = target_slots(&skel)?;
+    // Values an earlier agent retired are released like this agent's own.
+    let mut retirements = Retirements::default();
+    let now = Instant::now();
+    for key in skel.maps.retired.keys() {
+        retirements.add(key, now);
+    }
     Ok(Loaded {
         skel,
         links,
@@ -591,6 +605,8 @@ fn load<'obj>(
         rewrite: config.rewrite,
         ciphertext,
         wire: Wire::new(config.tc_handle),
+        retirements,
+        retire_checked: now,
     })
 }
 
@@ -746,6 +762,9 @@ impl Loaded<'_> {
 
     fn apply(&mut self, ops: Vec<MapOp>) -> Result<(), LoaderError> {
         for op in ops {
+            if op.map == MapName::Secrets {
+                self.retire_replaced(&op)?;
+            }
             let map = self.map(op.map);
             let result = match &op.value {
                 Some(value) => map.update(&op.key, value, MapFlags::ANY),
@@ -766,6 +785,52 @@ impl Loaded<'_> {
             );
         }
         Ok(())
+    }
+
+    /// Before `op` replaces or deletes a secret's value: keeps the value for
+    /// the records bound to it (never a moment with neither in the kernel).
+    fn retire_replaced(&mut self, op: &MapOp) -> Result<(), LoaderError> {
+        let map_error = |map| move |source| LoaderError::Map { map, source };
+        let Some(old) = (self.skel.maps.secrets)
+            .lookup(&op.key, MapFlags::ANY)
+            .map_err(map_error("secrets"))?
+            .map(Zeroizing::new)
+        else {
+            return Ok(());
+        };
+        let Some(key) = retire::retiring(&op.key, &old, op.value.as_deref().map(|v| &v[..])) else {
+            return Ok(());
+        };
+        (self.skel.maps.retired)
+            .update(&key, &old, MapFlags::ANY)
+            .map_err(map_error("retired"))?;
+        debug!("secret value retired until no record in flight needs it");
+        self.retirements.add(key, Instant::now());
+        Ok(())
+    }
+
+    /// Releases retired values no live patch names any more (once a second at most).
+    fn release_retired(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.retire_checked) < retire::GRACE || !self.retirements.due(now) {
+            return;
+        }
+        self.retire_checked = now;
+        let flows_map = &self.skel.maps.ct_flows;
+        let flows: Vec<Vec<u8>> = flows_map
+            .keys()
+            .filter_map(|key| flows_map.lookup(&key, MapFlags::ANY).ok().flatten())
+            .collect();
+        for key in self
+            .retirements
+            .release(flows.iter().map(Vec::as_slice), now)
+        {
+            match self.skel.maps.retired.delete(&key) {
+                Ok(()) => debug!("retired secret value released"),
+                Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(err) => warn!(%err, "cannot release a retired secret value"),
+            }
+        }
     }
 
     fn attach_dns(&mut self, cgroup: &Path) -> Result<(), LoaderError> {

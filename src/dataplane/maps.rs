@@ -113,6 +113,16 @@ pub fn host_id(pattern: &HostPattern) -> u32 {
     (fnv1a64(pattern.to_string().as_bytes()) as u32) | 1
 }
 
+/// Tells two values of one secret apart (never 0): a replaced value stays in
+/// the kernel under this id while records bound to it are in flight
+/// (`dataplane::retire`). A hash of what the same record holds in full.
+pub fn value_id(placeholder: &[u8], value: &[u8]) -> u64 {
+    let mut both = Zeroizing::new(Vec::with_capacity(placeholder.len() + value.len()));
+    both.extend_from_slice(placeholder);
+    both.extend_from_slice(value);
+    fnv1a64(&both) | 1
+}
+
 /// The kernel hashes names back to front (one pass yields every suffix).
 pub fn name_hash(name: &str) -> u64 {
     let reversed: Vec<u8> = name.bytes().rev().collect();
@@ -229,6 +239,7 @@ fn secret_record(
     let mut kernel = KernelSecret(Box::default());
     kernel.id = id;
     kernel.len = value.len() as u32;
+    kernel.value_id = value_id(placeholder, value);
     kernel.port = secret.policy.port.unwrap_or(0);
     if secret.policy.allows_any_host() {
         kernel.flags = kloak_secret_flags::KLOAK_SECRET_ANY_HOST.0 as u16;

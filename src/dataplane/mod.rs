@@ -10,6 +10,7 @@ pub mod links;
 pub mod loader;
 pub mod maps;
 pub mod probes;
+pub mod retire;
 pub mod skel;
 pub mod slots;
 pub mod targets;

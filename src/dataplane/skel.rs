@@ -62,6 +62,7 @@ plain!(
     kloak_ct_session,
     kloak_flow_key,
     kloak_ct_flow,
+    kloak_retired_key,
 );
 
 /// The bytes of a boundary struct, as the kernel sees them.

@@ -18,6 +18,7 @@ const CTR_CT_BOUND: u32 = kloak_counter::KLOAK_CTR_CT_BOUND.0;
 const CTR_CT_SEGMENTS: u32 = kloak_counter::KLOAK_CTR_CT_SEGMENTS.0;
 const CTR_CT_RETRANSMITS: u32 = kloak_counter::KLOAK_CTR_CT_RETRANSMITS.0;
 const CTR_CT_FAILED: u32 = kloak_counter::KLOAK_CTR_CT_FAILED.0;
+const CTR_CT_VALUE_GONE: u32 = kloak_counter::KLOAK_CTR_CT_VALUE_GONE.0;
 /// The counter of reason `r` is at this index plus `r`.
 const CTR_BLOCKED_BASE: u32 = kloak_counter::KLOAK_CTR_BLOCKED_BASE.0;
 const CTR_MAX: u32 = kloak_counter::KLOAK_CTR_MAX.0;
@@ -134,6 +135,17 @@ pub fn decisions_check(instance: &str, counters: &[u64]) -> Check {
             ),
             "the kernel refused a packet load, store or checksum update: those records reached \
              the peer with a broken tag (the connection fails, the secret does not leak); \
+             report it with `kloak doctor --json`",
+        )
+    } else if counter(CTR_CT_VALUE_GONE) > 0 {
+        Check::fail(
+            name,
+            format!(
+                "{rewritten}; {} segments of bound records found their secret's value gone",
+                counter(CTR_CT_VALUE_GONE)
+            ),
+            "a value was released while records bound to it were in flight (the retired map was \
+             full, or an agent without it ran): those records reached the peer with a broken tag; \
              report it with `kloak doctor --json`",
         )
     } else if blocked.is_empty() {
@@ -301,6 +313,12 @@ mod tests {
         let check = decisions_check("controller", &counters);
         assert_eq!(check.verdict, Verdict::Warn);
         assert!(check.detail.ends_with("blocked: host_not_allowed=3"));
+        counters[CTR_CT_VALUE_GONE as usize] = 1;
+        assert_eq!(
+            decisions_check("controller", &counters).verdict,
+            Verdict::Fail
+        );
+        counters[CTR_CT_VALUE_GONE as usize] = 0;
         counters[CTR_CT_FAILED as usize] = 1;
         assert_eq!(
             decisions_check("controller", &counters).verdict,

@@ -5,6 +5,7 @@
 //! when the command exits or on Ctrl-C.
 
 mod cgroup;
+mod reload;
 mod report;
 mod spawn;
 
@@ -33,6 +34,7 @@ use crate::placeholder::{self, Placeholder};
 use crate::policy::parse_port;
 
 use self::cgroup::RunCgroup;
+use self::reload::Reloader;
 use self::report::{Names, Reporter};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/kloak";
@@ -47,6 +49,8 @@ struct Prepared {
     placeholders: Vec<(String, Placeholder)>,
     /// Env vars that held real values: the command must not inherit them.
     remove_env: Vec<String>,
+    /// Every secret by id, for SIGHUP's reload.
+    sources: Vec<(u32, config::SecretConfig)>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -97,6 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     ))?;
     let records = state.records()?;
     dataplane.apply(diff(&Records::new(), &records)).await?;
+    let mut reloader = Reloader::new(prepared.sources, records);
     dataplane.attach_dns(cgroup.path()).await?;
     attach_wire(&dataplane, args.strategy).await?;
     hook_targets(&dataplane, &args.command[0]).await;
@@ -148,6 +153,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     // to forward, and the command gets the default disposition for them.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let procs = cgroup.open_procs()?;
     let mut child = spawn::spawn(spawn::Launch {
         argv: &args.command,
@@ -175,6 +181,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             status = child.wait() => break status?,
             _ = interrupt.recv() => forward(&child, nix::sys::signal::Signal::SIGINT),
             _ = terminate.recv() => forward(&child, nix::sys::signal::Signal::SIGTERM),
+            _ = hangup.recv() => match reloader.reload(&mut state, &dataplane).await {
+                Ok(changed) => info!(changed, "secrets reloaded"),
+                Err(err) => warn!(err = format!("{err:#}"), "secrets reload failed; the old values stay"),
+            },
         }
     };
     // Events still in the ring buffer belong to this run: let the poller catch up.
@@ -244,6 +254,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let mut names = BTreeMap::new();
     let mut placeholders = Vec::new();
     let mut remove_env = Vec::new();
+    let mut sources = Vec::new();
     let mut rng = rand::rngs::OsRng;
     for (index, secret) in config.secrets.iter().enumerate() {
         let value = config::load_value(secret, |var| std::env::var(var).ok())?;
@@ -256,6 +267,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
             remove_env.push(var.clone());
         }
         let id = index as u32 + 1;
+        sources.push((id, secret.clone()));
         names.insert(id, secret.name.clone());
         placeholders.push((secret.name.clone(), placeholder.clone()));
         state.secrets.insert(
@@ -273,6 +285,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
         names,
         placeholders,
         remove_env,
+        sources,
     })
 }
 

@@ -16,7 +16,8 @@
 # closed); e. forced loss on loopback; f. a and e over a veth pair into a network namespace; g. Go: TLS
 # 1.3 rewritten, a host that is not allowed gets the placeholder, TLS 1.2 fails closed (its keys are not
 # linked to a connection); i. a client in a network namespace kloak patches nowhere (fail closed, and no
-# event claims a rewrite); j. a layer-3 link (tun, framed like WireGuard: no Ethernet header).
+# event claims a rewrite); j. a layer-3 link (tun, framed like WireGuard: no Ethernet header); k. the
+# secret rotated (kloak run re-reads it on SIGHUP) while records bound to the old value are in flight.
 set -uo pipefail
 
 E2E=$(cd "$(dirname "$0")" && pwd)
@@ -307,8 +308,69 @@ DNS=127.0.0.56 run_allowed tun sh -c "curl -sS -m 10 -H \"$AUTH\" https://allowe
 check_delivery tun "$WORK/tun.rec"
 check_ciphertext tun "$TUN_NS_ADDR:8443"
 
+# ---- k. A rotation while records are in flight ---------------------------------------------------------
+# The dropper holds the first request's records on the wire (every copy dropped) while the secret's file
+# changes and kloak run re-reads it (SIGHUP); then the retransmissions pass. Their tag difference was
+# computed for the old value when they were bound, so they must carry the old value, or the server
+# rejects them. A request made after the rotation carries the new value.
+ROTATED=sk-live-9876543210fedcbaXYZ  # the length of $SECRET: the placeholder the client holds stays valid
+printf '%s\n' "$SECRET" > "$WORK/rotating_key"
+rm -f "$WORK/rot.first" "$WORK/rot.first.started" "$WORK/rot.second" "$WORK/rot.release" "$WORK/rotation.events"
+: > "$WORK/a.rec"
+RESOLVER=127.0.0.53 kloak_run rotation --secret "API_KEY=@$WORK/rotating_key" --allow-host allowed.kloak.test \
+  --port 8443 --dns-server 127.0.0.53 --strategy ciphertext -- sh -c '
+    echo ready > "$0.started"
+    while [ ! -e "$0" ]; do sleep 0.05; done
+    curl -sS -m 30 -H "Authorization: Bearer $API_KEY" https://allowed.kloak.test:8443/first
+    while [ ! -e "$1" ]; do sleep 0.05; done
+    curl -sS -m 30 -H "Authorization: Bearer $API_KEY" https://allowed.kloak.test:8443/second' \
+  "$WORK/rot.first" "$WORK/rot.second" &
+runner=$!
+rotated=no
+if wait_for_text "$WORK/rot.first.started" ready 60 "$runner"; then
+  # kloak itself, not the timeout or shells around it: timeout would pass SIGHUP to the whole group.
+  kloak_pid=$(pgrep -f -- "^$KLOAK run --events $WORK/rotation.events")
+  "$DROPPER" --dev lo --direction ingress --port 8443 --hold-until "$WORK/rot.release" > "$WORK/rotation.drop" 2>&1 &
+  dropper=$!
+  PIDS+=("$dropper")
+  if wait_ready "$WORK/rotation.drop"; then
+    touch "$WORK/rot.first"
+    if wait_for_text "$WORK/rotation.events" '"event":"rewritten"' 30 "$runner"; then
+      printf '%s\n' "$ROTATED" > "$WORK/rotating_key"
+      kill -HUP "$kloak_pid" && wait_for_text "$WORK/rotation.log" "secrets reloaded" 10 && rotated=yes
+    fi
+  fi
+  # The client makes its second request only once the first one is answered.
+  touch "$WORK/rot.release" "$WORK/rot.second"
+  wait "$runner"
+  kill -TERM "$dropper" 2>/dev/null; wait "$dropper" 2>/dev/null
+else
+  touch "$WORK/rot.first" "$WORK/rot.second" "$WORK/rot.release"
+  wait "$runner"
+fi
+held=$(sed -n 's/^dropped=\([0-9]*\) .*/\1/p' "$WORK/rotation.drop")
+if [ "$rotated" = yes ] && [ "${held:-0}" -ge 1 ]; then
+  pass "rotation: the secret was replaced while $held copies of bound records were held on the wire"
+else
+  fail rotation "the rotation did not happen while records were held (rotated=$rotated, held=${held:-none}):" \
+    "$(tail -c 400 "$WORK/rotation.log")"
+fi
+first=$(received_text "$WORK/a.rec" /first)
+second=$(received_text "$WORK/a.rec" /second)
+if grep -qF "Bearer $SECRET" <<<"$first"; then
+  pass "rotation: records bound before the rotation arrived whole, with the value they were bound to"
+else
+  fail rotation "the request in flight during the rotation did not arrive intact: $(head -c 300 <<<"$first");" \
+    "client: $(head -c 300 "$WORK/rotation.out"); server: $(tail -c 300 "$WORK/a.rec.log")"
+fi
+if grep -qF "Bearer $ROTATED" <<<"$second"; then
+  pass "rotation: a request after the rotation carries the new value"
+else
+  fail rotation "the request after the rotation did not carry the new value: $(head -c 300 <<<"$second")"
+fi
+
 # S1: the real value never appears in kloak's trace logs, its events, or the clients' outputs.
-if grep -lF "$SECRET" "$WORK"/*.log "$WORK"/*.events "$WORK"/*.out "$WORK"/*.drop 2>/dev/null; then
+if grep -lF -e "$SECRET" -e "$ROTATED" "$WORK"/*.log "$WORK"/*.events "$WORK"/*.out "$WORK"/*.drop 2>/dev/null; then
   fail no-leak "the real value appears in the files above"
 else pass "no-leak: real value absent from trace logs, events and outputs"; fi
 
