@@ -104,6 +104,9 @@ if [[ " $tiers " == *" host "* ]]; then
   echo "== tier 2: host BPF ($(uname -r)), ciphertext strategy"
   E2E_WORK=$logs/host-ct tests/e2e/ciphertext.sh 2>&1 | tee "$logs/host-ct.log"
   count "$logs/host-ct.log" "host $(uname -r) ciphertext"
+  echo "== tier 2: host BPF ($(uname -r)), fault injection"
+  E2E_WORK=$logs/host-faults tests/e2e/faults.sh 2>&1 | tee "$logs/host-faults.log"
+  count "$logs/host-faults.log" "host $(uname -r) faults"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The root-only Rust tests that need user-memory writes, as built test binaries.
@@ -133,7 +136,7 @@ for line in sys.stdin:
   fi
   for kernel in $kernels; do
     echo "== tier 3: VM, Debian $kernel kernel"
-    # One boot for three scenario files; each ends with its own result line. The security
+    # One boot for the Rust root tests and four scenario files; each ends with its own result line. The security
     # scenarios run with the default strategy (auto): OpenSSL clients' AES-GCM sessions are
     # patched in the ciphertext, Go and HPACK Huffman headers rewritten in place.
     restarts=$(printf '%s\n' "${vm_tests[@]}" | grep '/restarts-')
@@ -142,8 +145,9 @@ for line in sys.stdin:
       sh -c "tests/e2e/rust_root.sh $restarts switching_to_observe -- $stale;
              E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
              E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite;
-             E2E_WORK=/tmp/e2e-ct tests/e2e/ciphertext.sh"
-    count "$logs/vm-$kernel.log" "vm $kernel" 4
+             E2E_WORK=/tmp/e2e-ct tests/e2e/ciphertext.sh;
+             E2E_WORK=/tmp/e2e-faults tests/e2e/faults.sh"
+    count "$logs/vm-$kernel.log" "vm $kernel" 5
     echo "== tier 3: VM, Debian $kernel kernel, Bun"
     vm_run "$logs/vm-$kernel-bun.log" "vm $kernel bun" --kernel "$kernel" --cpu max --timeout 900 -- \
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite"

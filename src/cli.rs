@@ -41,6 +41,25 @@ pub enum Command {
     Webhook(WebhookArgs),
     /// Create or reuse the webhook's CA and serving certificate; patch the caBundle.
     Certgen(CertgenArgs),
+    /// Started by `kloak run`: cleans up after it if it is killed.
+    #[command(hide = true)]
+    RunGuard(RunGuardArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunGuardArgs {
+    /// The command's cgroup.
+    #[arg(long)]
+    pub cgroup: std::path::PathBuf,
+    /// kloak run's pinned maps.
+    #[arg(long)]
+    pub pin_dir: std::path::PathBuf,
+    /// kloak run's tc filter handle.
+    #[arg(long)]
+    pub tc_handle: u32,
+    /// The placeholder files.
+    #[arg(long)]
+    pub secrets_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
             Command::Controller(args) => controller::run(args).await,
             Command::Webhook(args) => webhook::run(args).await,
             Command::Certgen(args) => certs::run(args).await,
+            Command::RunGuard(args) => run::guard::run(args),
         }
     });
     match result {

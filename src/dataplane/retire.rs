@@ -44,14 +44,26 @@ pub fn retiring(secret_key: &[u8], old: &[u8], new: Option<&[u8]>) -> Option<Vec
     Some(bytes_of(&key).to_vec())
 }
 
+fn decode_flow(flow: &[u8]) -> Option<kloak_ct_flow> {
+    let mut record = kloak_ct_flow::default();
+    plain::copy_from_bytes(&mut record, flow).ok()?;
+    Some(record)
+}
+
+const LIVE: u32 = kloak_patch_state::KLOAK_PATCH_LIVE.0;
+
+/// Whether a `ct_flows` record still has a patch to apply (data not yet acknowledged).
+pub fn has_live_patch(flow: &[u8]) -> bool {
+    decode_flow(flow).is_some_and(|record| record.patches.iter().any(|p| p.state == LIVE))
+}
+
 /// Every (secret key, value id) a live value patch of this `ct_flows` record names.
 fn named_values(flow: &[u8], named: &mut BTreeSet<Vec<u8>>) {
-    let mut record = kloak_ct_flow::default();
-    if plain::copy_from_bytes(&mut record, flow).is_err() {
+    let Some(record) = decode_flow(flow) else {
         return;
-    }
+    };
     for patch in &record.patches {
-        if patch.state == kloak_patch_state::KLOAK_PATCH_LIVE.0 && patch.use_delta == 0 {
+        if patch.state == LIVE && patch.use_delta == 0 {
             let key = kloak_retired_key {
                 key: kloak_secret_key {
                     bytes: patch.key.bytes,
@@ -135,7 +147,6 @@ mod tests {
         bytes_of(&record).to_vec()
     }
 
-    const LIVE: u32 = kloak_patch_state::KLOAK_PATCH_LIVE.0;
     const FREE: u32 = kloak_patch_state::KLOAK_PATCH_FREE.0;
 
     #[test]
@@ -170,5 +181,7 @@ mod tests {
             .is_empty());
         assert_eq!(retirements.release([acked.as_slice()], later), [retired]);
         assert!(retirements.is_empty());
+        assert!(has_live_patch(&in_flight) && has_live_patch(&acked));
+        assert!(!has_live_patch(&flow(&[(FREE, 0, key, 5)])));
     }
 }

@@ -122,7 +122,7 @@ pub struct Wire {
 }
 
 /// Priority of kloak's `tc` filters; each instance has its own handle.
-const TC_PRIORITY: u32 = 1;
+pub const TC_PRIORITY: u32 = 1;
 
 impl Wire {
     /// `handle`: this instance's filter handle, so instances sharing an

@@ -5,6 +5,7 @@
 //! when the command exits or on Ctrl-C.
 
 mod cgroup;
+pub mod guard;
 mod reload;
 mod report;
 mod spawn;
@@ -34,6 +35,7 @@ use crate::placeholder::{self, Placeholder};
 use crate::policy::parse_port;
 
 use self::cgroup::RunCgroup;
+use self::guard::{Guard, Watched};
 use self::reload::Reloader;
 use self::report::{Names, Reporter};
 
@@ -91,13 +93,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     for &secret_id in state.secrets.keys() {
         state.bindings.insert((cgroup.id(), secret_id));
     }
+    let pin_dir = Path::new(PIN_ROOT).join(&instance);
+    let tc_handle = RUN_TC_HANDLE_BASE | (std::process::id() & 0x00ff_ffff);
     let (dataplane, mut events) = DataPlane::start(LoaderConfig::for_kernel(
-        Path::new(PIN_ROOT).join(&instance),
+        pin_dir.clone(),
         false,
         features.write_user,
         args.observe,
         args.strategy,
-        RUN_TC_HANDLE_BASE | (std::process::id() & 0x00ff_ffff),
+        tc_handle,
     ))?;
     let records = state.records()?;
     dataplane.apply(diff(&Records::new(), &records)).await?;
@@ -154,6 +158,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let guard = Guard::start(&Watched {
+        cgroup: cgroup.path(),
+        pin_dir: &pin_dir,
+        tc_handle,
+        secrets_dir: &secrets_dir.path,
+    })?;
     let procs = cgroup.open_procs()?;
     let mut child = spawn::spawn(spawn::Launch {
         argv: &args.command,
@@ -205,6 +215,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     dataplane.shutdown();
     drop(secrets_dir);
     drop(cgroup);
+    drop(guard);
     Ok(exit_code(status))
 }
 

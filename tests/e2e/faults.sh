@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Fault injection for `kloak run`: what happens to the command when kloak itself fails.
+#
+# usage: faults.sh
+# Needs root. Build first: cargo build, and scripts/build-test-clients.sh (certificates).
+# Prints PASS/FAIL per check and ends with "N passed, N failed"; exits nonzero when any failed.
+#
+# a. kloak run killed (kill -9) while a process of its command is stopped at exec: the guard resumes it
+#    within 2 s, then removes the filters, pins, cgroup and placeholder files kloak run left;
+# b. 1,000 short-lived processes exec'ing a hooked binary: every one runs, each file is held once.
+# (A rotation with records in flight is ciphertext.sh's scenario k.)
+set -uo pipefail
+
+E2E=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/e2e/lib.sh
+. "$E2E/lib.sh"
+[ $# -eq 0 ] || { echo "usage: $0" >&2; exit 2; }
+e2e_paths kloak-faults
+trap cleanup EXIT
+
+missing=0
+[ "$(id -u)" -eq 0 ] || { fail prerequisites "the fault scenarios need root"; summary; exit 1; }
+need "kloak binary $KLOAK (cargo build)" test -x "$KLOAK"
+need "curl" curl --version
+need "tc (iproute2)" tc -V
+[ "$missing" -eq 0 ] || { summary; exit 1; }
+
+SECRET=sk-live-0123456789abcdefXYZ
+printf '%s\n' "$SECRET" > "$WORK/api_key"
+start_dns_server 127.0.0.53:53 "$WORK/dns.log" --record allowed.kloak.test=127.0.0.1 \
+  || { fail setup "DNS server"; summary; exit 1; }
+
+# state_of PID: the process's state letter (T: stopped), or "gone".
+state_of() { awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo gone; }
+
+# ---- a. kill -9 while a process is held at exec -------------------------------------------------------
+# kloak run is frozen (SIGSTOP) so it cannot answer the hold, the command execs curl, which the kernel
+# stops at its first instruction; then kloak run is killed. Nobody but the guard can resume curl.
+rm -f "$WORK/held.gate" "$WORK/held.gate.started" "$WORK/held.events"
+RESOLVER=127.0.0.53 kloak_run held --secret "API_KEY=@$WORK/api_key" --allow-host allowed.kloak.test -- \
+  sh -c 'echo $$ > "$0.pid"; echo ready > "$0.started"
+    while [ ! -e "$0" ]; do sleep 0.05; done
+    exec curl --version' "$WORK/held.gate" &
+runner=$!
+if wait_for_text "$WORK/held.gate.started" ready 60 "$runner"; then
+  kloak_pid=$(pgrep -f -- "^$KLOAK run --events $WORK/held.events")
+  workload=$(cat "$WORK/held.gate.pid")
+  handle=$(printf '0x%x' $((0x6b000000 | (kloak_pid & 0xffffff))))
+  kill -STOP "$kloak_pid"
+  touch "$WORK/held.gate"
+  for _ in $(seq 100); do [ "$(state_of "$workload")" = T ] && break; sleep 0.1; done
+  if [ "$(state_of "$workload")" = T ]; then
+    pass "held: the command's exec of curl is stopped while kloak run cannot answer"
+  else
+    fail held "the exec was never held (state $(state_of "$workload"))"
+  fi
+  kill -KILL "$kloak_pid"
+  start=$(date +%s%N)
+  while [ "$(state_of "$workload")" = T ] && [ $(($(date +%s%N) - start)) -lt 10000000000 ]; do sleep 0.02; done
+  waited_ms=$((($(date +%s%N) - start) / 1000000))
+  if [ "$(state_of "$workload")" != T ] && [ "$waited_ms" -le 2000 ]; then
+    pass "held: resumed ${waited_ms} ms after kloak run was killed"
+  else
+    fail held "still stopped ${waited_ms} ms after kloak run was killed (state $(state_of "$workload"))"
+  fi
+  wait "$runner"
+  for _ in $(seq 50); do grep -q '^curl ' "$WORK/held.out" && break; sleep 0.1; done
+  grep -q '^curl ' "$WORK/held.out" && pass "held: curl ran to its end" \
+    || fail held "curl did not run to its end: $(head -c 200 "$WORK/held.out")"
+  # The guard removes the rest once no record is in flight and the command has exited.
+  cgroup_dir=$(find /sys/fs/cgroup -maxdepth 2 -name "kloak-run-$kloak_pid" 2>/dev/null)
+  pins=/sys/fs/bpf/kloak/run-$kloak_pid
+  for _ in $(seq 150); do
+    left=
+    [ -e "$pins" ] && left+=" pins"
+    [ -n "$cgroup_dir" ] && [ -e "$cgroup_dir" ] && left+=" cgroup"
+    [ -e "/run/kloak/run-$kloak_pid" ] && left+=" placeholder-files"
+    tc filter show dev lo ingress 2>/dev/null | grep -q "handle $handle " && left+=" filters"
+    tc filter show dev lo egress 2>/dev/null | grep -q "handle $handle " && left+=" filters"
+    [ -z "$left" ] && break
+    sleep 0.1
+  done
+  if [ -z "$left" ]; then pass "held: the guard removed the filters, pins, cgroup and placeholder files"
+  else fail held "left behind:$left; $(grep -a 'guard\|died\|leftovers' "$WORK/held.log" | tail -3)"; fi
+  grep -q "kloak run died without cleaning up" "$WORK/held.log" && pass "held: the guard said what happened" \
+    || fail held "no line from the guard in kloak run's log"
+else
+  fail held "the command never started: $(tail -c 400 "$WORK/held.log")"
+  touch "$WORK/held.gate"
+  wait "$runner"
+fi
+
+# ---- b. 1,000 short-lived processes exec'ing a hooked binary -------------------------------------------
+# curl links the hooked libssl. Its file is inspected at its first exec; the 999 others must not be held.
+rm -f "$WORK/execs.events"
+start=$SECONDS
+RUN_TIMEOUT=600 RESOLVER=127.0.0.53 kloak_run execs --secret "API_KEY=@$WORK/api_key" \
+  --allow-host allowed.kloak.test -- sh -c '
+    i=0; while [ $i -lt 1000 ]; do curl --version > /dev/null || exit 1; i=$((i + 1)); done; echo "execs=$i"'
+took=$((SECONDS - start))
+if grep -q '^execs=1000$' "$WORK/execs.out"; then pass "execs: 1,000 execs of curl all ran (${took} s)"
+else fail execs "the loop did not finish: $(tail -c 300 "$WORK/execs.out") $(tail -c 300 "$WORK/execs.log")"; fi
+holds=$(events_count execs event=exec_held comm=curl)
+if [ "$holds" -le 1 ]; then pass "execs: curl's file was held $holds time(s), not once per exec"
+else fail execs "curl was held $holds times"; fi
+
+# S1: the real value never appears in kloak's logs or events.
+if grep -lF "$SECRET" "$WORK"/*.log "$WORK"/*.events "$WORK"/*.out 2>/dev/null; then
+  fail no-leak "the real value appears in the files above"
+else pass "no-leak: real value absent from trace logs, events and outputs"; fi
+
+summary
