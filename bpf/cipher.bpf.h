@@ -332,19 +332,23 @@ struct {
 	__type(value, __u32);
 } ct_wired SEC(".maps");
 
-static __always_inline bool netns_wired(__u32 inum)
+/*
+ * Subprograms, not inlined: their reads need stack of their own, which the
+ * write path's frames (512 bytes for a chain of calls) cannot spare on 6.1.
+ */
+static __noinline bool netns_wired(__u32 inum)
 {
 	return inum && bpf_map_lookup_elem(&ct_wired, &inum);
 }
 
-static __always_inline __u32 task_netns(void)
+static __noinline __u32 task_netns(void)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 
 	return BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
 }
 
-static __always_inline __u32 sock_netns(struct sock *sk)
+static __noinline __u32 sock_netns(struct sock *sk)
 {
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }

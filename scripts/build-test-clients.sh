@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds what the end-to-end scenarios need into OUTDIR (default target/e2e):
 # - goclient: Debian bookworm's Go, standard library only (the scenarios' Go client);
-# - go/<go version>-<exe|pie>-<plain|stripped>/goclient: the same client built by bookworm's Go and by the
-#   newest Go in trixie (scripts/go-toolchain.sh), as a default executable and as PIE, with and without
-#   symbols (-ldflags=-s -w), for tests/e2e/go_matrix.sh;
+# - go/<go version>-<exe|pie>-<plain|stripped>/goclient: the same client built by bookworm's Go, by the
+#   newest Go in trixie and by the newest Go release (scripts/go-toolchain.sh), as a default executable
+#   and as PIE, with and without symbols (-ldflags=-s -w), for tests/e2e/go_matrix.sh;
 # - go/toolchains: the GOROOTs used, colon-separated (what KLOAK_GO_TOOLCHAINS wants for `cargo test`);
 # - runtime-goclient: the keep-alive client of the runtime benchmark and the doctor scenario;
 # - certs/: test certificates;
@@ -13,7 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/target/e2e}
 mkdir -p "$out"
-toolchains=$("$root/scripts/go-toolchain.sh" bookworm trixie)
+toolchains=$("$root/scripts/go-toolchain.sh" bookworm trixie current)
 
 # go_build GOROOT OUTPUT ARGS...: a hermetic build (no network, no toolchain switching, no cgo).
 go_build() {

@@ -4,13 +4,17 @@
 #   trixie    the Go that trixie's golang-go depends on (golang-1.24-go today): its .debs are fetched
 #             with a private apt state (scripts/lib/apt.sh) and extracted under
 #             ${KLOAK_CACHE:-/var/cache/kloak}/go/<package version>/; not installable on bookworm with apt.
-# usage: scripts/go-toolchain.sh SUITE...     e.g. export KLOAK_GO_TOOLCHAINS=$(scripts/go-toolchain.sh bookworm trixie)
+#   current   the newest Go release ($GO_CURRENT, pinned): the module golang.org/toolchain from the Go
+#             module proxy, fetched and checked (sum.golang.org) by trixie's Go, cached in .../go/modcache.
+#             What people build Go agents with today; Go 1.26 changed the function table's header.
+# usage: scripts/go-toolchain.sh SUITE...     e.g. export KLOAK_GO_TOOLCHAINS=$(scripts/go-toolchain.sh bookworm trixie current)
 set -euo pipefail
 shopt -s inherit_errexit
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib/apt.sh
 . "$here/lib/apt.sh"
 cache=${KLOAK_CACHE:-/var/cache/kloak}/go
+GO_CURRENT=1.26.8
 
 # Debian's own Go, by its path: a Go first on PATH (machines may ship a newer one in /usr/local/go) is
 # not what the matrix tests.
@@ -49,13 +53,20 @@ trixie_goroot() {
   echo "$dir"
 }
 
-[ $# -gt 0 ] || { echo "usage: $0 bookworm|trixie..." >&2; exit 64; }
+current_goroot() {
+  local trixie
+  trixie=$(trixie_goroot)
+  GOMODCACHE=$cache/modcache GOFLAGS=-modcacherw GOTOOLCHAIN=go$GO_CURRENT "$trixie/bin/go" env GOROOT
+}
+
+[ $# -gt 0 ] || { echo "usage: $0 bookworm|trixie|current..." >&2; exit 64; }
 roots=()
 for suite in "$@"; do
   case $suite in
     bookworm) roots+=("$(bookworm_goroot)") ;;
     trixie) roots+=("$(trixie_goroot)") ;;
-    *) echo "go-toolchain: unknown suite $suite (bookworm or trixie)" >&2; exit 64 ;;
+    current) roots+=("$(current_goroot)") ;;
+    *) echo "go-toolchain: unknown suite $suite (bookworm, trixie or current)" >&2; exit 64 ;;
   esac
 done
 (IFS=:; echo "${roots[*]}")

@@ -46,6 +46,7 @@ need "Go client $GOCLIENT (scripts/build-test-clients.sh)" test -x "$GOCLIENT"
 need "test certificates in $CERTS (scripts/build-test-clients.sh)" test -e "$CERTS/server.pem"
 need "curl" curl --version
 need "network namespaces (ip netns)" ip netns list
+[ -c /dev/net/tun ] || modprobe tun 2>/dev/null  # a guest's devtmpfs has the node once the module is in
 need "tun devices (/dev/net/tun)" test -c /dev/net/tun
 [ "$missing" -eq 0 ] || { summary; exit 1; }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Go clients of every build kind under `kloak run`: Debian bookworm's Go 1.19 and trixie's newest Go, each
+# Go clients of every build kind under `kloak run`: Debian bookworm's Go 1.19, trixie's newest Go and the current Go release, each
 # as a default executable and as PIE, with and without symbols (target/e2e/go/*/goclient, built by
 # scripts/build-test-clients.sh). All run under ONE `kloak run` (starting kloak is slow in a TCG guest).
 # Each binary makes two connections from one process: to the allowed host (the real value must arrive
@@ -27,9 +27,9 @@ shopt -u nullglob
 for need in "$KLOAK" "$GOCLIENT" "$CERTS/server.pem"; do
   [ -e "$need" ] || { echo "missing $need: build it first"; echo "0 passed, 1 failed"; exit 1; }
 done
-# Two toolchains x {exe, pie} x {plain, stripped}: fewer means a toolchain is missing, not a smaller test.
-if [ ${#builds[@]} -ne 8 ]; then
-  echo "expected 8 Go builds in $CLIENTS/go, found ${#builds[@]}: run scripts/build-test-clients.sh"
+# Three toolchains x {exe, pie} x {plain, stripped}: fewer means a toolchain is missing, not a smaller test.
+if [ ${#builds[@]} -ne 12 ]; then
+  echo "expected 12 Go builds in $CLIENTS/go, found ${#builds[@]}: run scripts/build-test-clients.sh"
   echo "0 passed, 1 failed"; exit 1
 fi
 [ "$(id -u)" -eq 0 ] || { echo "go_matrix needs root"; echo "0 passed, 1 failed"; exit 1; }

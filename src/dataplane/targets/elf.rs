@@ -129,6 +129,23 @@ impl<'data> ElfImage<'data> {
             .collect()
     }
 
+    /// Where `bytes` (a slice of this file's data) is mapped, if a
+    /// `PT_LOAD` segment maps its first byte.
+    pub fn vaddr_of(&self, bytes: &[u8]) -> Option<u64> {
+        let offset = (bytes.as_ptr() as usize).checked_sub(self.data.as_ptr() as usize)?;
+        let offset = u64::try_from(offset).ok()?;
+        let endian = self.elf.endian();
+        self.elf
+            .elf_program_headers()
+            .iter()
+            .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+            .find_map(|ph| {
+                let start = ph.p_offset(endian);
+                let within = offset.checked_sub(start)?;
+                (within < ph.p_filesz(endian)).then(|| ph.p_vaddr(endian) + within)
+            })
+    }
+
     /// The file bytes that get mapped at `[vaddr, vaddr + len)`.
     pub fn read_vaddr(&self, vaddr: u64, len: u64) -> Option<&'data [u8]> {
         let offset = usize::try_from(self.vaddr_to_offset(vaddr, len)?).ok()?;

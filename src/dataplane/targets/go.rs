@@ -338,7 +338,7 @@ pub(super) mod tests {
 
     const TOOLCHAINS_HELP: &str = "KLOAK_GO_TOOLCHAINS must name the GOROOTs to build the Go \
         test client with, colon-separated: export KLOAK_GO_TOOLCHAINS=$(scripts/go-toolchain.sh \
-        bookworm trixie) (installs golang-go, fetches trixie's Go into $KLOAK_CACHE/go); \
+        bookworm trixie current) (installs golang-go, fetches trixie's Go and the current release into $KLOAK_CACHE/go); \
         scripts/build-test-clients.sh writes the same list to target/e2e/go/toolchains. \
         KLOAK_GO_TOOLCHAINS=none skips these tests explicitly";
 
@@ -540,27 +540,33 @@ pub(super) mod tests {
         }
     }
 
-    /// Go 1.19 (bookworm) and 1.20+ (trixie) tables differ in magic: both
-    /// must be exercised, or the toolchain list is incomplete.
+    /// Go 1.19 (bookworm) and 1.20+ (trixie) tables differ in magic, and Go
+    /// 1.26 (the current release) no longer writes the text start into the
+    /// header: all three must be exercised, or the toolchain list is incomplete.
     #[test]
     fn toolchains_cover_both_table_versions() {
         let Some(builds) = go_builds() else {
             eprintln!("skipping: KLOAK_GO_TOOLCHAINS=none");
             return;
         };
-        let versions: Vec<PclntabVersion> = builds
+        let tables: Vec<(PclntabVersion, bool)> = builds
             .iter()
             .map(|b| {
                 let data = std::fs::read(&b.path).unwrap();
                 let image = ElfImage::parse(&b.path, &data).unwrap().unwrap();
-                Pclntab::find(&image).unwrap().version()
+                let table = Pclntab::find(&image).unwrap();
+                (table.version(), table.header_has_text_start())
             })
             .collect();
         for want in [PclntabVersion::Go118, PclntabVersion::Go120] {
             assert!(
-                versions.contains(&want),
+                tables.iter().any(|(version, _)| *version == want),
                 "no {want:?} build; {TOOLCHAINS_HELP}"
             );
         }
+        assert!(
+            tables.iter().any(|(_, in_header)| !in_header),
+            "no Go 1.26+ build (text start outside the header); {TOOLCHAINS_HELP}"
+        );
     }
 }

@@ -16,12 +16,24 @@
 //! name: NUL-terminated, at funcnameOffset + nameOff
 //! ```
 //!
-//! Entry offsets are relative to `textStart` (`runtime.text`). The linker
-//! writes its link-time value into the header in every build checked (Go
-//! 1.19 and 1.24, default and PIE, internal and external linking; in a PIE
-//! file the word also carries an `R_X86_64_RELATIVE` relocation with the same
+//! Entry offsets are relative to `textStart` (`runtime.text`). Up to Go 1.25
+//! the linker writes its link-time value into the header (checked: Go 1.19
+//! and 1.24, default and PIE, internal and external linking; in a PIE file
+//! the word also carries an `R_X86_64_RELATIVE` relocation with the same
 //! addend), so it is read from there. It is not the `.text` section start in
 //! externally linked files, where C start-up code comes first.
+//!
+//! Go 1.26 writes 0 there ("use the moduledata text field instead",
+//! `runtime/symtab.go`). Then it comes from the `runtime.text` symbol, or,
+//! stripped, from the module data (`runtime.firstmoduledata`), found by its
+//! first word (the table's own address) and checked by the words that must
+//! follow (the linker's `symtab.go` writes them in this order):
+//!
+//! ```text
+//! 0 pcHeader | 1-3 funcnametab | 4-6 cutab | 7-9 filetab | 10-12 pctab
+//! 13-15 pclntable | 16-18 ftab (ptr, nfunc + 1, cap) | 19 findfunctab
+//! 20 minpc | 21 maxpc | 22 text | 23 etext
+//! ```
 
 use std::collections::HashMap;
 
@@ -36,6 +48,12 @@ const MAGIC_GO120: u32 = 0xffff_fff1;
 const SECTIONS: &[&str] = &[".gopclntab", ".data.rel.ro.gopclntab"];
 const START_SYMBOL: &str = "runtime.pclntab";
 const END_SYMBOL: &str = "runtime.epclntab";
+const TEXT_SYMBOL: &str = "runtime.text";
+/// Word indexes in the module data (see above).
+const MD_FUNCNAMETAB: usize = 1;
+const MD_FTAB: usize = 16;
+const MD_MINPC: usize = 20;
+const MD_TEXT: usize = 22;
 const HEADER_WORDS: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +94,7 @@ pub struct Pclntab<'data> {
     version: PclntabVersion,
     nfunc: usize,
     text_start: u64,
+    header_text_start: bool,
     funcnames: usize,
     functab: usize,
 }
@@ -87,7 +106,57 @@ impl<'data> Pclntab<'data> {
             .find_map(|name| file.section_data(name))
             .or_else(|| symbol_range(file))
             .ok_or(PclntabError::Missing)?;
-        Self::parse(data, file.is_big_endian())
+        let mut table = Self::parse(data, file.is_big_endian())?;
+        if table.text_start == 0 {
+            table.text_start = file
+                .lookup(&[TEXT_SYMBOL])
+                .get(TEXT_SYMBOL)
+                .map(|symbol| symbol.vaddr)
+                .or_else(|| table.text_from_moduledata(file))
+                .ok_or(PclntabError::Malformed {
+                    what: "textStart is zero (Go 1.26+) and no module data names the text start",
+                })?;
+        }
+        Ok(table)
+    }
+
+    /// `runtime.text` from the module data that points at this table.
+    fn text_from_moduledata(&self, file: &ElfImage<'data>) -> Option<u64> {
+        let table_vaddr = file.vaddr_of(self.data)?;
+        let ptr = usize::from(self.ptr_size);
+        let needle = word_bytes(table_vaddr, self.ptr_size, self.big_endian);
+        let ftab_len = u64::try_from(self.nfunc.checked_add(1)?).ok()?;
+        let mut found = None;
+        for segment in file.load_segments().iter().filter(|s| !s.executable) {
+            for at in memchr::memmem::find_iter(segment.bytes, &needle) {
+                if at % ptr != 0 {
+                    continue;
+                }
+                let word = |i: usize| {
+                    read_word(
+                        segment.bytes.get(at + i * ptr..)?,
+                        self.ptr_size,
+                        self.big_endian,
+                    )
+                };
+                let consistent = word(MD_FUNCNAMETAB)
+                    == table_vaddr.checked_add(self.funcnames as u64)
+                    && word(MD_FTAB) == table_vaddr.checked_add(self.functab as u64)
+                    && word(MD_FTAB + 1) == Some(ftab_len);
+                let text = word(MD_TEXT).filter(|&text| text != 0);
+                if let (true, Some(text), Some(minpc)) = (consistent, text, word(MD_MINPC)) {
+                    if text > minpc {
+                        continue;
+                    }
+                    // Exactly one module data may name this table.
+                    if found.is_some_and(|other| other != text) {
+                        return None;
+                    }
+                    found = Some(text);
+                }
+            }
+        }
+        found
     }
 
     pub fn parse(data: &'data [u8], big_endian: bool) -> Result<Self, PclntabError> {
@@ -117,6 +186,7 @@ impl<'data> Pclntab<'data> {
             version,
             nfunc: 0,
             text_start: 0,
+            header_text_start: false,
             funcnames: 0,
             functab: 0,
         };
@@ -129,11 +199,9 @@ impl<'data> Pclntab<'data> {
         let offset = |v: u64| usize::try_from(v).map_err(|_| malformed("offset out of range"));
         table.nfunc = offset(header[0])?;
         table.text_start = header[2];
+        table.header_text_start = table.text_start != 0;
         table.funcnames = offset(header[3])?;
         table.functab = offset(header[7])?;
-        if table.text_start == 0 {
-            return Err(malformed("textStart is zero"));
-        }
         // The sentinel entry must be there, so every function has an end.
         let functab_len = table
             .nfunc
@@ -153,6 +221,13 @@ impl<'data> Pclntab<'data> {
 
     pub fn version(&self) -> PclntabVersion {
         self.version
+    }
+
+    /// Whether the header held the text start (before Go 1.26) or it came
+    /// from elsewhere (the symbol or the module data).
+    #[cfg(test)]
+    pub fn header_has_text_start(&self) -> bool {
+        self.header_text_start
     }
 
     /// The functions among `names` that the table lists (first entry wins).
@@ -202,6 +277,20 @@ impl<'data> Pclntab<'data> {
 
     fn word(&self, at: usize) -> Option<u64> {
         read_word(self.data.get(at..)?, self.ptr_size, self.big_endian)
+    }
+}
+
+fn word_bytes(value: u64, ptr_size: u8, big_endian: bool) -> Vec<u8> {
+    let bytes = if big_endian {
+        value.to_be_bytes()
+    } else {
+        value.to_le_bytes()
+    };
+    let n = usize::from(ptr_size);
+    if big_endian {
+        bytes[8 - n..].to_vec()
+    } else {
+        bytes[..n].to_vec()
     }
 }
 
@@ -323,13 +412,10 @@ mod tests {
                 .len(),
             1
         );
+        // Go 1.26 leaves textStart 0: the header still parses, `find` takes
+        // the text start from the symbol or the module data.
         let zero_text = table(MAGIC_GO120, 0, &[("main.main", 0)], 0x10);
-        assert_eq!(
-            Pclntab::parse(&zero_text, false).err(),
-            Some(PclntabError::Malformed {
-                what: "textStart is zero"
-            })
-        );
+        assert_eq!(Pclntab::parse(&zero_text, false).unwrap().text_start, 0);
     }
 
     #[test]
