@@ -223,8 +223,8 @@ add_module() {
 for m in virtio_pci 9p 9pnet_virtio; do
   add_module "$m" || { echo "vm: required module $m missing from $kver" >&2; exit 2; }
 done
-# sch_ingress (clsact) and cls_bpf: the ciphertext strategy's tc filters.
-for m in veth sch_netem sch_prio sch_ingress cls_bpf "${extra_modules[@]}"; do
+# sch_ingress (clsact) and cls_bpf: the ciphertext strategy's tc filters; tun: ciphertext.sh's layer-3 link.
+for m in veth sch_netem sch_prio sch_ingress cls_bpf tun "${extra_modules[@]}"; do
   add_module "$m" || echo "vm: optional module $m not in $kver, skipped" >&2
 done
 

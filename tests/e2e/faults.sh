@@ -7,7 +7,10 @@
 #
 # a. kloak run killed (kill -9) while a process of its command is stopped at exec: the guard resumes it
 #    within 2 s, then removes the filters, pins, cgroup and placeholder files kloak run left;
-# b. 1,000 short-lived processes exec'ing a hooked binary: every one runs, each file is held once.
+# b. 1,000 short-lived processes exec'ing a hooked binary: every one runs, each file is held once;
+# c. kloak run killed while records bound by the ciphertext strategy are in flight (held on the wire by
+#    the dropper): the guard keeps the filters until they are acknowledged, so the retransmissions still
+#    carry the real value and the server gets a whole request; then the filters go.
 # (A rotation with records in flight is ciphertext.sh's scenario k.)
 set -uo pipefail
 
@@ -23,12 +26,16 @@ missing=0
 need "kloak binary $KLOAK (cargo build)" test -x "$KLOAK"
 need "curl" curl --version
 need "tc (iproute2)" tc -V
+need "segment dropper $DROPPER (cargo build)" test -x "$DROPPER"
+need "test certificates in $CERTS (scripts/build-test-clients.sh)" test -e "$CERTS/server.pem"
 [ "$missing" -eq 0 ] || { summary; exit 1; }
+export SSL_CERT_FILE=$CERTS/ca.pem CURL_CA_BUNDLE=$CERTS/ca.pem
 
 SECRET=sk-live-0123456789abcdefXYZ
 printf '%s\n' "$SECRET" > "$WORK/api_key"
 start_dns_server 127.0.0.53:53 "$WORK/dns.log" --record allowed.kloak.test=127.0.0.1 \
   || { fail setup "DNS server"; summary; exit 1; }
+start_tls_server 127.0.0.1:8443 "$WORK/a.rec" || { fail setup "TLS server"; summary; exit 1; }
 
 # state_of PID: the process's state letter (T: stopped), or "gone".
 state_of() { awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo gone; }
@@ -103,6 +110,55 @@ else fail execs "the loop did not finish: $(tail -c 300 "$WORK/execs.out") $(tai
 holds=$(events_count execs event=exec_held comm=curl)
 if [ "$holds" -le 1 ]; then pass "execs: curl's file was held $holds time(s), not once per exec"
 else fail execs "curl was held $holds times"; fi
+
+# ---- c. kill -9 with records in flight -----------------------------------------------------------------
+rm -f "$WORK/flight.gate" "$WORK/flight.gate.started" "$WORK/flight.events" "$WORK/flight.release"
+: > "$WORK/a.rec"
+RESOLVER=127.0.0.53 kloak_run flight --secret "API_KEY=@$WORK/api_key" --allow-host allowed.kloak.test \
+  --port 8443 --dns-server 127.0.0.53 --strategy ciphertext -- sh -c '
+    echo ready > "$0.started"; while [ ! -e "$0" ]; do sleep 0.05; done
+    exec curl -sS -m 60 -H "Authorization: Bearer $API_KEY" https://allowed.kloak.test:8443/flight' \
+  "$WORK/flight.gate" &
+runner=$!
+if wait_for_text "$WORK/flight.gate.started" ready 60 "$runner"; then
+  kloak_pid=$(pgrep -f -- "^$KLOAK run --events $WORK/flight.events")
+  handle=$(printf '0x%x' $((0x6b000000 | (kloak_pid & 0xffffff))))
+  "$DROPPER" --dev lo --direction ingress --port 8443 --hold-until "$WORK/flight.release" \
+    > "$WORK/flight.drop" 2>&1 &
+  dropper=$!
+  PIDS+=("$dropper")
+  wait_ready "$WORK/flight.drop" || fail flight "the dropper did not start: $(cat "$WORK/flight.drop")"
+  touch "$WORK/flight.gate"
+  if wait_for_text "$WORK/flight.events" '"event":"rewritten"' 30 "$runner"; then
+    kill -KILL "$kloak_pid"
+    sleep 2  # the guard is draining now: its filters must still be there
+    if tc filter show dev lo egress 2>/dev/null | grep -q "handle $handle "; then
+      pass "flight: the guard keeps the filters while a record is unacknowledged"
+    else
+      fail flight "the filters went while a bound record was in flight"
+    fi
+  else
+    fail flight "no record was bound: $(tail -c 300 "$WORK/flight.log")"
+  fi
+  touch "$WORK/flight.release"
+  wait "$runner"
+  for _ in $(seq 100); do tc filter show dev lo egress 2>/dev/null | grep -q "handle $handle " || break; sleep 0.1; done
+  kill -TERM "$dropper" 2>/dev/null; wait "$dropper" 2>/dev/null
+  got=$(received_text "$WORK/a.rec" /flight)
+  if grep -qF "Bearer $SECRET" <<<"$got"; then
+    pass "flight: the record in flight when kloak run died reached the server whole, with the real value"
+  else
+    fail flight "the request in flight did not arrive with the real value: $(head -c 300 <<<"$got");" \
+      "$(grep -a 'guard\|records still' "$WORK/flight.log" | tail -2)"
+  fi
+  tc filter show dev lo egress 2>/dev/null | grep -q "handle $handle " \
+    && fail flight "the guard left the filters after the record was acknowledged" \
+    || pass "flight: the filters went once the record was acknowledged"
+else
+  fail flight "the command never started: $(tail -c 400 "$WORK/flight.log")"
+  touch "$WORK/flight.gate" "$WORK/flight.release"
+  wait "$runner"
+fi
 
 # S1: the real value never appears in kloak's logs or events.
 if grep -lF "$SECRET" "$WORK"/*.log "$WORK"/*.events "$WORK"/*.out 2>/dev/null; then
