@@ -24,6 +24,7 @@ use super::dispatch::{self, Delivery, EventReceiver, EventSender};
 use super::events::Event;
 use super::links::{self, LinkSet, Mode};
 use super::maps::{file_forget, file_record, FileState, MapName, MapOp, Records};
+use super::plan::{self, Modes, PlanGap, ProbeSpec, UprobeProgram};
 use super::retire::{self, Retirements};
 use super::skel::bytes_of;
 use super::skel::kloak::{KloakSkel, KloakSkelBuilder};
@@ -31,7 +32,7 @@ use super::skel::types::{
     kloak_counter, kloak_limits, kloak_rewrite_mode, kloak_strategy, kloak_target,
 };
 use super::slots::{SlotsFull, TargetSlots};
-use super::targets::{FileId, GoKeyCapture, TlsTarget};
+use super::targets::{FileId, GoTarget, TlsTarget};
 use super::wake::{Wakeup, Woken};
 use super::wire::{Framing, Wire, WireError, WirePrograms, WireSide};
 
@@ -56,8 +57,6 @@ pub enum LoaderError {
     },
     #[error("the data plane thread has stopped")]
     Stopped,
-    #[error("no BPF program named {0} (a bug in kloak)")]
-    UnknownProgram(&'static str),
     #[error(transparent)]
     Slots(#[from] SlotsFull),
     #[error(transparent)]
@@ -858,73 +857,78 @@ impl Loaded<'_> {
         Ok(())
     }
 
+    /// Attaches one probe of the plan (adopting its pinned link if there is one).
     fn uprobe(
         &mut self,
-        program: &'static str,
-        path: &Path,
+        target: &Path,
         id: FileId,
-        offset: u64,
-        retprobe: bool,
-        cookie: u64,
+        probe: &ProbeSpec,
     ) -> Result<usize, LoaderError> {
-        let name = links::uprobe_name(program, id, offset, retprobe);
+        let name = probe.program.name(self.rewrite);
+        let link_name = links::uprobe_name(name, id, probe.offset, probe.retprobe);
         let progs = &self.skel.progs;
-        let prog = match program {
-            "handle_ssl_write_rw" => &progs.handle_ssl_write_rw,
-            "handle_ssl_write_ro" => &progs.handle_ssl_write_ro,
-            "handle_ssl_write_ex_rw" => &progs.handle_ssl_write_ex_rw,
-            "handle_ssl_write_ex_ro" => &progs.handle_ssl_write_ex_ro,
-            "handle_ssl_write_ret_rw" => &progs.handle_ssl_write_ret_rw,
-            "handle_ssl_write_ret_ro" => &progs.handle_ssl_write_ret_ro,
-            "handle_ssl_handshake" => &progs.handle_ssl_handshake,
-            "handle_ssl_handshake_ret" => &progs.handle_ssl_handshake_ret,
-            "handle_ssl_set_fd" => &progs.handle_ssl_set_fd,
-            "handle_ssl_set_bio" => &progs.handle_ssl_set_bio,
-            "handle_cipher_init" => &progs.handle_cipher_init,
-            "handle_go_write_rw" => &progs.handle_go_write_rw,
-            "handle_go_write_ro" => &progs.handle_go_write_ro,
-            "handle_go_write_ret_rw" => &progs.handle_go_write_ret_rw,
-            "handle_go_write_ret_ro" => &progs.handle_go_write_ret_ro,
-            "handle_go_handshake" => &progs.handle_go_handshake,
-            "handle_go_handshake_ret" => &progs.handle_go_handshake_ret,
-            "handle_go_encrypt" => &progs.handle_go_encrypt,
-            "handle_go_traffic_secret" => &progs.handle_go_traffic_secret,
-            "handle_go_aead_tls13" => &progs.handle_go_aead_tls13,
-            other => return Err(LoaderError::UnknownProgram(other)),
+        let prog = match (probe.program, self.rewrite) {
+            (UprobeProgram::SslWrite, true) => &progs.handle_ssl_write_rw,
+            (UprobeProgram::SslWrite, false) => &progs.handle_ssl_write_ro,
+            (UprobeProgram::SslWriteEx, true) => &progs.handle_ssl_write_ex_rw,
+            (UprobeProgram::SslWriteEx, false) => &progs.handle_ssl_write_ex_ro,
+            (UprobeProgram::SslWriteRet, true) => &progs.handle_ssl_write_ret_rw,
+            (UprobeProgram::SslWriteRet, false) => &progs.handle_ssl_write_ret_ro,
+            (UprobeProgram::SslHandshake, _) => &progs.handle_ssl_handshake,
+            (UprobeProgram::SslHandshakeRet, _) => &progs.handle_ssl_handshake_ret,
+            (UprobeProgram::SslSetFd, _) => &progs.handle_ssl_set_fd,
+            (UprobeProgram::SslSetBio, _) => &progs.handle_ssl_set_bio,
+            (UprobeProgram::CipherInit, _) => &progs.handle_cipher_init,
+            (UprobeProgram::GoWrite, true) => &progs.handle_go_write_rw,
+            (UprobeProgram::GoWrite, false) => &progs.handle_go_write_ro,
+            (UprobeProgram::GoWriteRet, true) => &progs.handle_go_write_ret_rw,
+            (UprobeProgram::GoWriteRet, false) => &progs.handle_go_write_ret_ro,
+            (UprobeProgram::GoHandshake, _) => &progs.handle_go_handshake,
+            (UprobeProgram::GoHandshakeRet, _) => &progs.handle_go_handshake_ret,
+            (UprobeProgram::GoEncrypt, _) => &progs.handle_go_encrypt,
+            (UprobeProgram::GoTrafficSecret, _) => &progs.handle_go_traffic_secret,
+            (UprobeProgram::GoAeadTls13, _) => &progs.handle_go_aead_tls13,
         };
         let opts = UprobeOpts {
-            retprobe,
-            cookie,
+            retprobe: probe.retprobe,
+            cookie: probe.cookie,
             ..Default::default()
         };
-        self.links.keep(&name, || {
+        let (path, offset) = (&probe.path, probe.offset);
+        self.links.keep(&link_name, || {
             prog.attach_uprobe_with_opts(-1, path, offset as usize, opts)
                 .map_err(|source| LoaderError::Attach {
-                    what: format!("{program} at {}+{offset:#x}", path.display()),
+                    what: format!(
+                        "{name} at {}+{offset:#x} (for {})",
+                        path.display(),
+                        target.display()
+                    ),
                     source,
                 })
         })
     }
 
-    fn attach_go_key_capture(
-        &mut self,
-        path: &Path,
-        id: FileId,
-        keys: &GoKeyCapture,
-    ) -> Result<usize, LoaderError> {
-        let mut attached = 0;
-        for (program, symbol) in [
-            ("handle_go_handshake", &keys.handshake),
-            ("handle_go_encrypt", &keys.encrypt),
-            ("handle_go_traffic_secret", &keys.set_traffic_secret),
-            ("handle_go_aead_tls13", &keys.aead_tls13),
-        ] {
-            attached += self.uprobe(program, path, id, symbol.file_offset, false, 0)?;
-        }
-        for &offset in &keys.handshake_rets {
-            attached += self.uprobe("handle_go_handshake_ret", path, id, offset, false, 0)?;
-        }
-        Ok(attached)
+    /// Records a Go target in its `targets` slot (the cookie of its probes).
+    fn go_slot(&mut self, id: FileId, go: &GoTarget) -> Result<u32, LoaderError> {
+        let index = self.slots.assign(id)?;
+        let record = kloak_target {
+            func_vaddr: go.write.vaddr,
+            go_tcpconn_close: go.tcpconn_close_vaddr,
+            go_tcpconn_write: go.tcpconn_write_vaddr,
+            go_fd_offset: GO_NETFD_SYSFD_OFFSET,
+            file_dev: id.dev,
+            file_ino: id.ino,
+            ..Default::default()
+        };
+        self.skel
+            .maps
+            .targets
+            .update(&index.to_ne_bytes(), bytes_of(&record), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "targets",
+                source,
+            })?;
+        Ok(index)
     }
 
     fn attach_target(
@@ -933,106 +937,32 @@ impl Loaded<'_> {
         id: FileId,
         target: &TlsTarget,
     ) -> Result<usize, LoaderError> {
-        let rw = self.rewrite;
-        let pick =
-            |rw_name: &'static str, ro_name: &'static str| if rw { rw_name } else { ro_name };
+        let go_slot = match target {
+            TlsTarget::Go(go) => self.go_slot(id, go)?,
+            TlsTarget::OpenSsl(_) => 0,
+        };
+        let modes = Modes {
+            rewrite: self.rewrite,
+            ciphertext: self.ciphertext,
+        };
+        let plan = plan::probes(target, path, modes, go_slot);
+        for gap in &plan.gaps {
+            match (gap, target) {
+                (PlanGap::NoCipherInit, _) => warn!(
+                    path = %path.display(),
+                    "no EVP_CipherInit_ex for this library: its sessions cannot use the ciphertext strategy"
+                ),
+                (PlanGap::NoGoKeyFunctions, TlsTarget::Go(go)) => warn!(
+                    path = %path.display(),
+                    go_version = go.go_version.as_deref().unwrap_or("unknown"),
+                    "Go TLS key functions not found: its sessions cannot use the ciphertext strategy"
+                ),
+                (PlanGap::NoGoKeyFunctions, _) => {}
+            }
+        }
         let mut attached = 0;
-        match target {
-            TlsTarget::OpenSsl(ssl) => {
-                let write = pick("handle_ssl_write_rw", "handle_ssl_write_ro");
-                let ret = pick("handle_ssl_write_ret_rw", "handle_ssl_write_ret_ro");
-                attached += self.uprobe(write, path, id, ssl.ssl_write.file_offset, false, 0)?;
-                attached += self.uprobe(ret, path, id, ssl.ssl_write.file_offset, true, 0)?;
-                if let Some(ex) = &ssl.ssl_write_ex {
-                    let write_ex = pick("handle_ssl_write_ex_rw", "handle_ssl_write_ex_ro");
-                    attached += self.uprobe(write_ex, path, id, ex.file_offset, false, 0)?;
-                    attached += self.uprobe(ret, path, id, ex.file_offset, true, 0)?;
-                }
-                let handshake_drivers = [&ssl.do_handshake, &ssl.connect, &ssl.read, &ssl.read_ex];
-                for symbol in handshake_drivers.into_iter().flatten() {
-                    attached += self.uprobe(
-                        "handle_ssl_handshake",
-                        path,
-                        id,
-                        symbol.file_offset,
-                        false,
-                        0,
-                    )?;
-                    attached += self.uprobe(
-                        "handle_ssl_handshake_ret",
-                        path,
-                        id,
-                        symbol.file_offset,
-                        true,
-                        0,
-                    )?;
-                }
-                for symbol in [&ssl.set_fd, &ssl.set_wfd].into_iter().flatten() {
-                    attached +=
-                        self.uprobe("handle_ssl_set_fd", path, id, symbol.file_offset, false, 0)?;
-                }
-                if let Some(symbol) = &ssl.set_bio {
-                    attached +=
-                        self.uprobe("handle_ssl_set_bio", path, id, symbol.file_offset, false, 0)?;
-                }
-                match (&ssl.key_hook, self.ciphertext) {
-                    (Some(hook), true) => {
-                        // Named after the TLS file, so detaching it detaches this too.
-                        attached += self.uprobe(
-                            "handle_cipher_init",
-                            &hook.path,
-                            id,
-                            hook.cipher_init.file_offset,
-                            false,
-                            0,
-                        )?;
-                    }
-                    (None, true) => warn!(
-                        path = %path.display(),
-                        "no EVP_CipherInit_ex for this library: its sessions cannot use the ciphertext strategy"
-                    ),
-                    (_, false) => {}
-                }
-            }
-            TlsTarget::Go(go) => {
-                let index = self.slots.assign(id)?;
-                let record = kloak_target {
-                    func_vaddr: go.write.vaddr,
-                    go_tcpconn_close: go.tcpconn_close_vaddr,
-                    go_tcpconn_write: go.tcpconn_write_vaddr,
-                    go_fd_offset: GO_NETFD_SYSFD_OFFSET,
-                    file_dev: id.dev,
-                    file_ino: id.ino,
-                    ..Default::default()
-                };
-                self.skel
-                    .maps
-                    .targets
-                    .update(&index.to_ne_bytes(), bytes_of(&record), MapFlags::ANY)
-                    .map_err(|source| LoaderError::Map {
-                        map: "targets",
-                        source,
-                    })?;
-                let write = pick("handle_go_write_rw", "handle_go_write_ro");
-                let cookie = u64::from(index);
-                attached += self.uprobe(write, path, id, go.write.file_offset, false, cookie)?;
-                // RETs restore in-place rewrites and end ciphertext writes.
-                if rw || self.ciphertext {
-                    let ret = pick("handle_go_write_ret_rw", "handle_go_write_ret_ro");
-                    for &offset in &go.ret_offsets {
-                        attached += self.uprobe(ret, path, id, offset, false, cookie)?;
-                    }
-                }
-                match (&go.key_capture, self.ciphertext) {
-                    (Some(keys), true) => attached += self.attach_go_key_capture(path, id, keys)?,
-                    (None, true) => warn!(
-                        path = %path.display(),
-                        go_version = go.go_version.as_deref().unwrap_or("unknown"),
-                        "Go TLS key functions not found: its sessions cannot use the ciphertext strategy"
-                    ),
-                    (_, false) => {}
-                }
-            }
+        for probe in &plan.probes {
+            attached += self.uprobe(path, id, probe)?;
         }
         info!(path = %path.display(), probes = attached, "TLS target hooked");
         Ok(attached)

@@ -9,6 +9,7 @@ pub mod hooking;
 pub mod links;
 pub mod loader;
 pub mod maps;
+pub mod plan;
 pub mod probes;
 pub mod retire;
 pub mod skel;
