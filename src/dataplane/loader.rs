@@ -183,6 +183,8 @@ pub struct DataPlane {
 
 /// Index of the ring-buffer loss counter in [`DataPlane::counters`].
 pub const COUNTER_EVENTS_LOST: usize = kloak_counter::KLOAK_CTR_EVENTS_LOST.0 as usize;
+/// Index of the bytes-scanned counter in [`DataPlane::counters`].
+pub const COUNTER_BYTES_SCANNED: usize = kloak_counter::KLOAK_CTR_BYTES_SCANNED.0 as usize;
 
 /// Interfaces, in the agent's network namespace.
 const CLASS_NET: &str = "/sys/class/net";

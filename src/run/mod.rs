@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::cli::RunArgs;
 use crate::config::{self, RunInput};
 use crate::dataplane::hooking;
-use crate::dataplane::loader::LoaderError;
+use crate::dataplane::loader::{LoaderError, COUNTER_BYTES_SCANNED, COUNTER_EVENTS_LOST};
 use crate::dataplane::maps::{diff, host_id, DesiredState, Records, SecretState};
 use crate::dataplane::probes;
 use crate::dataplane::targets;
@@ -206,12 +206,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         reporter.report(&event);
     }
     let counters = dataplane.counters().await.unwrap_or_default();
+    let count = |index: usize| counters.get(index).copied().unwrap_or(0);
     info!(
         rewritten = reporter.rewritten,
         blocked = reporter.blocked,
-        scanned_bytes = counters.get(2).copied().unwrap_or(0),
+        scanned_bytes = count(COUNTER_BYTES_SCANNED),
         "command exited"
     );
+    // Decisions the kernel could not queue are missing from the lines above; a
+    // process it could not hold at exec ran unhooked (its placeholders went out unchanged).
+    let lost = count(COUNTER_EVENTS_LOST);
+    if lost > 0 {
+        warn!(
+            lost,
+            "the kernel's event buffer overflowed: {lost} decisions or exec holds were not reported"
+        );
+    }
     dataplane.shutdown();
     drop(secrets_dir);
     drop(cgroup);
