@@ -1,6 +1,7 @@
 //! The eBPF data plane: skeleton, loader thread, map records, events, kernel
 //! probes, and the GCM model the ciphertext strategy is checked against.
 
+pub mod config;
 pub mod dispatch;
 pub mod events;
 pub mod gcm;
