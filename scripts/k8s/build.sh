@@ -48,8 +48,16 @@ build_kubernetes() {
           kube-scheduler kubelet kube-proxy kubectl)" >tools.go
       "$GO" mod tidy
     fi
+    # The version stamp: without it the API server reports v0.0.0-master, which Helm refuses for
+    # any chart with a kubeVersion constraint.
+    local pkg stamp=""
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      stamp+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitTreeState=clean"
+      stamp+=" -X $pkg.gitMajor=$(cut -d. -f1 <<<"${K8S_VERSION#v}")"
+      stamp+=" -X $pkg.gitMinor=$(cut -d. -f2 <<<"$K8S_VERSION")"
+    done
     # One invocation for all six commands: their (large) shared packages compile once.
-    "$GO" build -trimpath -ldflags="$LDFLAGS" -o "$OUT/bin.new/" \
+    "$GO" build -trimpath -ldflags="$LDFLAGS$stamp" -o "$OUT/bin.new/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
       k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl

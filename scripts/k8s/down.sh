@@ -17,20 +17,26 @@ delete_pods() {
     --wait=true >/dev/null 2>&1 || log "pods not all deleted in 60s (containerd removes the rest)"
 }
 
-stop() { # NAME: SIGTERM, up to 10 s, then SIGKILL
-  local file=$K8S_WORK/pids/$1.pid pid i
-  [ -f "$file" ] || return 0
-  pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for ((i = 0; i < 20; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.5
-    done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    log "stopped $1 ($pid)"
-  fi
-  rm -f "$file"
+stop() { # NAME...: SIGTERM to all at once, up to 10 s for all, then SIGKILL
+  local name pid pids=() i
+  for name in "$@"; do
+    [ -f "$K8S_WORK/pids/$name.pid" ] || continue
+    pid=$(cat "$K8S_WORK/pids/$name.pid")
+    rm -f "$K8S_WORK/pids/$name.pid"
+    kill "$pid" 2>/dev/null && pids+=("$pid") && log "stopping $name ($pid)"
+  done
+  for ((i = 0; i < 20; i++)); do
+    alive "${pids[@]}" || return 0
+    sleep 0.5
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null && log "killed $pid"; done
+  return 0
+}
+
+alive() { # PID...: any of them still runs
+  local pid
+  for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 0; done
+  return 1
 }
 
 # Containers the kubelet did not remove, then containerd, then shims that outlived it (they are
@@ -104,10 +110,9 @@ main() {
   [ "$(id -u)" -eq 0 ] || die "needs root"
   [ -d "$K8S_WORK" ] || [ -e "/run/netns/$K8S_NETNS" ] || { log "no cluster"; return 0; }
   delete_pods
-  local daemon
-  for daemon in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver; do
-    stop "$daemon"
-  done
+  # The node first (it would restart what goes away), then the control plane.
+  stop kube-proxy kubelet
+  stop kube-scheduler kube-controller-manager kube-apiserver
   stop_containers
   stop etcd
   unmount_all

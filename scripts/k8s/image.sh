@@ -25,7 +25,8 @@ image_kloak() { # ROOTFS OUT
   [ -x "$binary" ] || (cd "$ROOT" && cargo build --release --locked --bin kloak >&2)
   mkdir -p "$1/usr/local/bin" "$1/etc" "$1/tmp"
   chmod 1777 "$1/tmp"
-  cp "$binary" "$1/usr/local/bin/kloak"
+  # The release profile keeps debug information; the image does not need it.
+  strip --strip-debug -o "$1/usr/local/bin/kloak" "$binary"
   copy_libs "$1" "$binary"
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n' >"$1/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$1/etc/group"
@@ -46,7 +47,7 @@ image_client() {
   copy_libs "$1" /usr/bin/curl
   # curl dlopens nothing it needs here; busybox (static) provides the shell and tools.
   install -D -m 0755 /bin/busybox "$1/bin/busybox"
-  for tool in sh cat env sleep grep sed head ls echo true wc; do ln -s busybox "$1/bin/$tool"; done
+  for tool in sh cat env printenv sleep grep sed head ls echo true wc; do ln -s busybox "$1/bin/$tool"; done
   mkdir -p "$1/tmp" "$1/etc"
   chmod 1777 "$1/tmp"
   echo 'root:x:0:0:root:/root:/bin/sh' >"$1/etc/passwd"

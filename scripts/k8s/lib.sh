@@ -15,7 +15,9 @@ CNI_VERSION=${CNI_VERSION:-v1.10.0}
 
 KLOAK_CACHE=${KLOAK_CACHE:-/var/cache/kloak}
 K8S_CACHE=$KLOAK_CACHE/k8s
-K8S_KEY=k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-containerd-$CONTAINERD_VERSION-cni-$CNI_VERSION
+# The recipe revision: bump it when build.sh changes what it produces (flags, versions stamped).
+K8S_RECIPE=r2
+K8S_KEY=k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-containerd-$CONTAINERD_VERSION-cni-$CNI_VERSION-$K8S_RECIPE
 K8S_BIN=$K8S_CACHE/$K8S_KEY/bin
 # The binaries a cluster needs; build.sh builds exactly these, up.sh refuses to start without them.
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
