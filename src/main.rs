@@ -3,7 +3,7 @@
 use clap::Parser;
 
 use kloak::cli::{Cli, Command};
-use kloak::{certs, controller, doctor, run, telemetry, webhook};
+use kloak::{certs, controller, doctor, run, telemetry, uninstall, webhook};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
             Command::Controller(args) => controller::run(args).await,
             Command::Webhook(args) => webhook::run(args).await,
             Command::Certgen(args) => certs::run(args).await,
+            Command::Uninstall(args) => uninstall::run(args).await,
         }
     });
     match result {
