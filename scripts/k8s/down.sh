@@ -79,6 +79,15 @@ remove_cgroups() {
   done
 }
 
+# An agent's pins outlive it by design (the next agent adopts them). With the cluster gone nothing
+# will, and a later cluster's agent must not adopt a dead one's state: a release that was not
+# uninstalled (helm uninstall removes them) leaves them here.
+remove_pins() {
+  [ -d "$K8S_PINS" ] || return 0
+  rm -rf "$K8S_PINS"
+  log "removed the agent's pinned state $K8S_PINS (the release was not uninstalled)"
+}
+
 restore_host() {
   ip netns del "$K8S_NETNS" 2>/dev/null && log "deleted netns $K8S_NETNS"
   if [ -f "$K8S_WORK/sysctl-before" ]; then
@@ -103,6 +112,7 @@ leftovers() {
   if ls -d /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods 2>/dev/null; then found=1; fi
   if pgrep -af "$K8S_WORK|$K8S_BIN" | grep -v -e pgrep -e down.sh; then found=1; fi
   if [ -e "/run/netns/$K8S_NETNS" ]; then echo "/run/netns/$K8S_NETNS"; found=1; fi
+  if [ -e "$K8S_PINS" ]; then echo "$K8S_PINS"; found=1; fi
   return $found
 }
 
@@ -117,6 +127,7 @@ main() {
   stop etcd
   unmount_all
   remove_cgroups
+  remove_pins
   restore_host
   if leftovers; then
     rm -rf "$K8S_WORK"

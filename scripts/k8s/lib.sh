@@ -34,6 +34,8 @@ K8S_DNS_IP=10.250.0.53
 K8S_POD_CIDR=10.88.0.0/16
 K8S_SVC_CIDR=10.96.0.0/16
 K8S_CTRD_SOCK=$K8S_WORK/containerd/containerd.sock
+# Where the chart's agent pins its maps and links (the host's bpffs: the mount namespace is shared).
+K8S_PINS=/sys/fs/bpf/kloak/controller
 # Global settings the kubelet changes (it sets them for its own OOM and panic policy).
 K8S_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
