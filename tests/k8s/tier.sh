@@ -16,11 +16,14 @@
 #   f. the agent restarted (kubectl rollout restart) during traffic: every request still rewritten,
 #      no process left stopped
 #   g. /readyz, /metrics, `kloak doctor` inside the agent pod
+#   g2. helm upgrade --wait to certgen as init container and requireHosts: placeholder kept, the
+#      webhook admits with the new certificate, a Secret without hosts gets no shadow
 #   h. helm uninstall: webhook configuration, shadows and pinned state gone
 #   i. teardown leaves nothing behind (scripts/k8s/down.sh)
 #
 # Needs root. Prints PASS/FAIL per check and ends with one line "N passed, N failed"; exits non-zero
-# when any check failed or the cluster could not come up. KLOAK_K8S_KEEP=1 leaves the cluster up.
+# when any check failed or the cluster could not come up. KLOAK_K8S_KEEP=1 leaves the cluster up;
+# KLOAK_K8S_LOG sets the agents' log filter (default info).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,6 +38,7 @@ SECRET_VALUE=sk-live-0123456789abcdefXYZ
 API_IP=10.250.0.11
 OTHER_IP=10.250.0.12
 PINS=/sys/fs/bpf/kloak/controller
+KLOAK_K8S_LOG=${KLOAK_K8S_LOG:-info}
 
 passed=0
 failed=0
@@ -143,7 +147,8 @@ install() {
   if ! inns helm install "$RELEASE" "$ROOT/chart/kloak" -n "$KNS" --create-namespace --timeout 3m \
     --set image.repository=localhost/kloak,image.tag=dev,image.pullPolicy=Never \
     --set controller.raiseMemlock=false \
-    --set "dnsServers={$K8S_DNS_IP}" >"$WORK/helm-install.log" 2>&1; then
+    --set "dnsServers={$K8S_DNS_IP}" --set-string "logLevel=${KLOAK_K8S_LOG//,/\\,}" \
+    >"$WORK/helm-install.log" 2>&1; then
     fail "b: helm install" "$(tail -20 "$WORK/helm-install.log")"
     diagnose
     return 1
@@ -247,7 +252,7 @@ webhook() {
   fi
   if kc -n "$ON" wait pod/client --for=condition=Ready --timeout=60s >/dev/null 2>&1; then
     local env file
-    env=$(kc -n "$ON" exec client -- printenv API_KEY)
+    env=$(kc -n "$ON" exec client -- sh -c 'echo "$API_KEY"')
     file=$(kc -n "$ON" exec client -- cat /etc/key/token)
     if [ "$env" = "$PLACEHOLDER" ] && [ "$file" = "$PLACEHOLDER" ]; then
       pass "d: the workload sees only the placeholder (env and file)"
@@ -363,6 +368,43 @@ operations() {
   fi
 }
 
+# --- g2. upgrade to the other certificate mode and requireHosts --------------------------------------
+# certgen as the webhook's init container (works with --wait), and --require-hosts: the agents and
+# the webhook roll, the placeholder stays, the webhook serves the init container's certificate.
+upgrade() {
+  local start=$SECONDS
+  if ! inns helm upgrade "$RELEASE" "$ROOT/chart/kloak" -n "$KNS" --reuse-values --wait --timeout 3m \
+    --set certgen.mode=initContainer,requireHosts=true >"$WORK/helm-upgrade.log" 2>&1; then
+    fail "g2: helm upgrade --wait (certgen.mode=initContainer, requireHosts=true)" \
+      "$(tail -20 "$WORK/helm-upgrade.log")"
+    diagnose
+    return 1
+  fi
+  pass "g2: helm upgrade --wait to certgen.mode=initContainer, requireHosts=true ($((SECONDS - start))s)"
+  local now
+  now=$(secret_data "$ON" api-key-kloak token)
+  if [ "$now" = "$PLACEHOLDER" ]; then pass "g2: the placeholder survived the upgrade"; else
+    fail "g2: placeholder after upgrade" "was '$PLACEHOLDER', now '$now'"; fi
+  local out
+  if out=$(client_pod "$ON" after-upgrade api-key | kc apply -f - 2>&1) &&
+    [ "$(kc -n "$ON" get pod after-upgrade -o jsonpath='{.spec.volumes[0].secret.secretName}')" = api-key-kloak ]; then
+    pass "g2: the webhook admits with the init container's certificate"
+  else
+    fail "g2: admission after upgrade" "$out"
+  fi
+  kc -n "$ON" create secret generic nohosts --from-literal=token=sk-live-no-hosts-0123456 >/dev/null
+  kc -n "$ON" label secret nohosts getkloak.io/enabled=true >/dev/null
+  if waitfor "hosts_required Event" 30 sh -c \
+    "nsenter --net=/run/netns/$K8S_NETNS kubectl -n $ON get events \
+      --field-selector involvedObject.kind=Secret,involvedObject.name=nohosts,type=Warning \
+      -o jsonpath='{.items[*].message}' | grep -q require-hosts" &&
+    ! kc -n "$ON" get secret nohosts-kloak >/dev/null 2>&1; then
+    pass "g2: requireHosts: a Secret without hosts gets no shadow, and a Warning Event"
+  else
+    fail "g2: requireHosts" "shadow: $(kc -n "$ON" get secret nohosts-kloak -o name 2>&1)"
+  fi
+}
+
 # --- h. uninstall ----------------------------------------------------------------------------------
 uninstall() {
   check "h: helm uninstall" inns helm uninstall "$RELEASE" -n "$KNS" --wait --timeout 2m
@@ -389,6 +431,7 @@ main() {
     rewrite
     restart_under_traffic
     operations
+    upgrade
     uninstall
   fi
   cleanup
