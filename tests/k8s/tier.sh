@@ -10,7 +10,8 @@
 #   d. the webhook: a pod in a labelled namespace is pointed at the shadow (env and volume) and sees
 #      only placeholders; a pod in an unlabelled namespace is untouched; a pod referencing a Secret
 #      whose shadow is not there is denied, naming the Secret
-#   e. a real rewrite: curl in the pod calls api.kloak.test (allowed) and other.kloak.test by names
+#   e. a real rewrite (also from a Guaranteed pod given the Secret by envFrom, a projected volume
+#      and an init container): curl in the pod calls api.kloak.test (allowed) and other.kloak.test by names
 #      the cluster's DNS server resolves; the allowed server receives the real value, the other the
 #      placeholder (ciphertext strategy on a lockdown kernel, on the host end of the pod's veth)
 #   f. the agent restarted (kubectl rollout restart) during traffic: every request still rewritten,
@@ -278,6 +279,70 @@ webhook() {
   fi
 }
 
+# A Guaranteed pod (its cgroup sits straight under kubepods/pod<uid>, no QoS level) referencing the
+# Secret every other way: envFrom, a projected volume, and an init container's env.
+guaranteed_pod() {
+  cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: guaranteed, namespace: $ON}
+spec:
+  terminationGracePeriodSeconds: 0
+  initContainers:
+    - name: init
+      image: localhost/kloak-test/client:1
+      imagePullPolicy: Never
+      command: [sh, -c, 'test -n "\$API_KEY"']
+      env:
+        - name: API_KEY
+          valueFrom: {secretKeyRef: {name: api-key, key: token}}
+      resources: {limits: {cpu: 50m, memory: 32Mi}}
+  containers:
+    - name: client
+      image: localhost/kloak-test/client:1
+      imagePullPolicy: Never
+      command: [sleep, "3600"]
+      envFrom: [{prefix: FROM_, secretRef: {name: api-key}}]
+      volumeMounts: [{name: projected, mountPath: /etc/projected, readOnly: true}]
+      resources: {limits: {cpu: 100m, memory: 64Mi}}
+  volumes:
+    - name: projected
+      projected: {sources: [{secret: {name: api-key}}]}
+EOF
+}
+
+guaranteed() {
+  if ! guaranteed_pod | kc apply -f - >"$WORK/guaranteed.log" 2>&1; then
+    fail "d: Guaranteed pod admitted" "$(cat "$WORK/guaranteed.log")"
+    return 1
+  fi
+  local refs
+  refs=$(kc -n "$ON" get pod guaranteed -o jsonpath='{.status.qosClass} {.spec.initContainers[0].env[0].valueFrom.secretKeyRef.name} {.spec.containers[0].envFrom[0].secretRef.name} {.spec.volumes[0].projected.sources[0].secret.name}')
+  if [ "$refs" = "Guaranteed api-key-kloak api-key-kloak api-key-kloak" ]; then
+    pass "d: Guaranteed pod: init container env, envFrom and projected volume pointed at the shadow"
+  else
+    fail "d: Guaranteed pod patch" "QoS and references: $refs"
+  fi
+  if ! kc -n "$ON" wait pod/guaranteed --for=condition=Ready --timeout=60s >/dev/null 2>&1; then
+    fail "d: Guaranteed pod Ready" "$(kc -n "$ON" describe pod guaranteed | tail -10)"
+    return 1
+  fi
+  local i got="" before
+  before=$(carried "$WORK/api.rec" | wc -l)
+  for ((i = 1; i <= 10; i++)); do
+    kc -n "$ON" exec guaranteed -- sh -c "curl -sk --http1.1 --max-time 5 -o /dev/null \
+      -H \"Authorization: Bearer \$FROM_token\" https://api.kloak.test/" >/dev/null 2>&1
+    got=$(carried "$WORK/api.rec" | tail -n +"$((before + 1))" | tail -1)
+    [ "$got" = real ] && break
+    sleep 2
+  done
+  if [ "$got" = real ]; then
+    pass "e: a Guaranteed pod (cgroup under kubepods/pod<uid>) gets the real value (attempt $i)"
+  else
+    fail "e: Guaranteed pod rewrite" "carried: $(carried "$WORK/api.rec" | tail -n +"$((before + 1))" | tr '\n' ' ')"
+  fi
+}
+
 # --- e. a real rewrite -----------------------------------------------------------------------------
 # carried RECORD: one word per request the server recorded: real, placeholder, both or none.
 carried() {
@@ -429,6 +494,7 @@ main() {
     shadows
     webhook
     rewrite
+    guaranteed
     restart_under_traffic
     operations
     upgrade
