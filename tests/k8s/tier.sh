@@ -19,6 +19,8 @@
 #   g. /readyz, /metrics, `kloak doctor` inside the agent pod
 #   g2. helm upgrade --wait to certgen as init container and requireHosts: placeholder kept, the
 #      webhook admits with the new certificate, a Secret without hosts gets no shadow
+#   g3. helm upgrade to a provided certificate (webhook.tls): its CA in the webhook configuration,
+#      the webhook serving it
 #   h. helm uninstall: webhook configuration, shadows and pinned state gone
 #   i. teardown leaves nothing behind (scripts/k8s/down.sh)
 #
@@ -470,6 +472,43 @@ upgrade() {
   fi
 }
 
+# --- g3. a provided certificate (what cert-manager users point at) ---------------------------------
+provided_tls() {
+  local dir=$WORK/provided-tls svc="$RELEASE-webhook.$KNS.svc"
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=provided-ca -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$svc" \
+      -keyout "$dir/tls.key" 2>/dev/null |
+    openssl x509 -req -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -days 2 -out "$dir/tls.crt" \
+      -extfile <(echo "subjectAltName=DNS:$svc") 2>/dev/null &&
+    kc -n "$KNS" create secret tls provided-tls --cert="$dir/tls.crt" --key="$dir/tls.key" >/dev/null ||
+    { fail "g3: a provided certificate" "openssl or kubectl create secret tls failed"; return 1; }
+  local bundle
+  bundle=$(base64 -w0 "$dir/ca.pem")
+  # --force-conflicts: Helm 4 applies server-side, and certgen (field manager kloak) owns the
+  # caBundle it patched; taking it over is the point of this upgrade.
+  if ! inns helm upgrade "$RELEASE" "$ROOT/chart/kloak" -n "$KNS" --reuse-values --wait --timeout 3m \
+    --force-conflicts --set webhook.tls.secretName=provided-tls --set-string "webhook.tls.caBundle=$bundle" \
+    >"$WORK/helm-upgrade-tls.log" 2>&1; then
+    fail "g3: helm upgrade to a provided certificate" "$(tail -20 "$WORK/helm-upgrade-tls.log")"
+    diagnose
+    return 1
+  fi
+  local bundles
+  bundles=$(kc get mutatingwebhookconfiguration "$RELEASE" \
+    -o jsonpath='{range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}' | grep -cxF "$bundle")
+  if [ "$bundles" -eq 2 ]; then pass "g3: the provided CA is the caBundle of both webhook entries"; else
+    fail "g3: provided caBundle" "$bundles of 2 entries carry it"; fi
+  local out
+  if out=$(client_pod "$ON" provided-tls api-key | kc apply -f - 2>&1) &&
+    [ "$(kc -n "$ON" get pod provided-tls -o jsonpath='{.spec.volumes[0].secret.secretName}')" = api-key-kloak ]; then
+    pass "g3: the webhook serves the provided certificate and admits"
+  else
+    fail "g3: admission with the provided certificate" "$out"
+  fi
+}
+
 # --- h. uninstall ----------------------------------------------------------------------------------
 uninstall() {
   check "h: helm uninstall" inns helm uninstall "$RELEASE" -n "$KNS" --wait --timeout 2m
@@ -498,6 +537,7 @@ main() {
     restart_under_traffic
     operations
     upgrade
+    provided_tls
     uninstall
   fi
   cleanup
