@@ -16,6 +16,7 @@
 #      placeholder (ciphertext strategy on a lockdown kernel, on the host end of the pod's veth)
 #   f. the agent restarted (kubectl rollout restart) during traffic: every request still rewritten,
 #      no process left stopped
+#   f2. a length-changing rotation: new placeholder, old one retired and still rewritten (grace)
 #   g. /readyz, /metrics, `kloak doctor` inside the agent pod
 #   g2. helm upgrade --wait to certgen as init container and requireHosts: placeholder kept, the
 #      webhook admits with the new certificate, a Secret without hosts gets no shadow
@@ -411,6 +412,37 @@ restart_under_traffic() {
     fail "f: stopped processes" "$stopped"; fi
 }
 
+# --- f2. a rotation that changes the value's length -------------------------------------------------
+# A new placeholder is minted, the old one is listed as retired, and a pod still holding the old one
+# (the client's env) keeps getting the old value during the grace period: a placeholder only ever
+# carries a value of its own length, and the old value is what that pod was given.
+rotation() {
+  local value=sk-live-rotated-0123456789abcdefXYZ now retired before got
+  kc -n "$ON" create secret generic api-key --from-literal=token="$value" --dry-run=client -o yaml |
+    kc -n "$ON" apply -f - >/dev/null 2>&1
+  waitfor "rotated shadow" 30 sh -c "test \"\$(nsenter --net=/run/netns/$K8S_NETNS kubectl -n $ON \
+    get secret api-key-kloak -o jsonpath='{.data.token}' | base64 -d | wc -c)\" -eq ${#value}"
+  now=$(secret_data "$ON" api-key-kloak token)
+  retired=$(kc -n "$ON" get secret api-key-kloak -o jsonpath='{.metadata.annotations.getkloak\.io/retired}')
+  if [[ $now == kloak:* ]] && [ "${#now}" -eq "${#value}" ] && [ "$now" != "$PLACEHOLDER" ] &&
+    [ -n "$retired" ]; then
+    pass "f2: a length-changing rotation mints a new placeholder and retires the old one"
+  else
+    fail "f2: rotation" "placeholder '$now' (${#now} bytes, value ${#value}), retired '$retired'"
+  fi
+  before=$(carried "$WORK/api.rec" | wc -l)
+  curl_in_pod api.kloak.test >/dev/null 2>&1
+  # SECRET_VALUE and PLACEHOLDER are still the old pair here: what the pod holds and should carry.
+  got=$(carried "$WORK/api.rec" | tail -n +"$((before + 1))" | tr '\n' ' ')
+  if [ "$got" = "real " ]; then
+    pass "f2: a pod holding the retired placeholder still gets its (old) real value in the grace period"
+  else
+    fail "f2: retired placeholder" "the request carried: $got"
+  fi
+  SECRET_VALUE=$value
+  PLACEHOLDER=$now
+}
+
 # --- g. operations ---------------------------------------------------------------------------------
 operations() {
   local agent
@@ -535,6 +567,7 @@ main() {
     rewrite
     guaranteed
     restart_under_traffic
+    rotation
     operations
     upgrade
     provided_tls
