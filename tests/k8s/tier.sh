@@ -60,13 +60,19 @@ check() {
   shift
   if out=$("$@" 2>&1); then pass "$name"; else fail "$name" "$(head -c 800 <<<"$out")"; fi
 }
-# fatal NAME DETAIL: a step everything after depends on failed: count it, tear down, stop.
+# fatal NAME DETAIL: a step everything after depends on failed: count it, tear down, stop (the
+# result line stays the last line).
 fatal() {
   fail "$1" "$2"
   echo "k8s tier: cannot continue after: $1" >&2
+  if [ "$ARMED" = 1 ]; then
+    trap - EXIT
+    cleanup
+  fi
   summary
   exit 1
 }
+ARMED=0
 
 HELPER_PIDS=()
 cleanup() {
@@ -98,6 +104,7 @@ setup() {
   pass "OCI images built without Docker ($((SECONDS - start))s): $(sed -n 's/: .*//p' "$WORK/image.log" | tr '\n' ' ')"
   start=$SECONDS
   trap cleanup EXIT
+  ARMED=1
   "$ROOT/scripts/k8s/up.sh" "${IMAGES[@]}" >"$WORK/up.log" 2>&1 ||
     fatal "cluster up (scripts/k8s/up.sh)" "$(tail -25 "$WORK/up.log")"
   pass "cluster up: Kubernetes $K8S_VERSION, one node ($((SECONDS - start))s)"
