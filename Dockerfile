@@ -2,7 +2,8 @@
 # Kloak image: one binary (`kloak controller|webhook|certgen|doctor|run`) with the BPF objects
 # embedded (build.rs compiles bpf/*.bpf.c with clang into libbpf-rs skeletons).
 #
-#   docker build -t ghcr.io/getkloak/kloak:dev .      (or: make image)
+#   docker build -t ghcr.io/getkloak/kloak:dev .      (or: make docker-image; `make image` packs
+#   the same binary as an OCI archive without Docker, scripts/k8s/image.sh)
 #
 # amd64 only for now: bpf/include/vmlinux.h is pinned for x86_64.
 

@@ -1,5 +1,5 @@
 # Daily commands. `sudo make demo` and `sudo make test` are the README's two set-up commands.
-.PHONY: build demo test lint bench chart image clean
+.PHONY: build demo test lint bench chart image docker-image clean
 
 build:
 	cargo build --release --locked
@@ -17,7 +17,12 @@ lint:
 chart:
 	scripts/chart/check.sh --update
 
+# The image without Docker: the release binary and its shared libraries as an OCI archive.
 image:
+	cargo build --release --locked --bin kloak
+	scripts/k8s/image.sh target/image kloak
+
+docker-image:
 	docker build -t kloak:dev .
 
 bench:

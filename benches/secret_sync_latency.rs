@@ -157,7 +157,7 @@ async fn main() {
         false,
         600,
     );
-    let mut updates = feeds::watch_all(&client, &[], "node-a");
+    let mut updates = feeds::watch_all(&client, &[], "node-a", None);
     let driver = tokio::spawn(async move {
         while let Some(update) = updates.next().await {
             match update {
@@ -174,6 +174,8 @@ async fn main() {
                     }
                     _ => {}
                 },
+                // No DaemonSet is watched here (watch_all got no installation).
+                Update::Installation(_) => {}
                 Update::Error(feed, err) => panic!("watch {feed} failed: {err}"),
             }
             agent.sync(0).await.expect("sync");

@@ -11,6 +11,7 @@ packages=(
   python3-venv ruby postgresql                    # the client matrix (tests/e2e/matrix.sh)
   qemu-system-x86 busybox-static cpio xz-utils zstd kmod   # the VM tier
   iproute2 util-linux                             # ip, unshare
+  runc iptables                                   # the k8s tier (containerd and kube-proxy from scripts/k8s/build.sh)
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -8,7 +8,10 @@
 #      where the kernel allows them, observe mode and its reasons where not)
 #   3. VM: the same inside Debian's 6.1 and 6.12 kernels under qemu, where
 #      rewrites must happen
-# Needs root. Tiers: KLOAK_TIERS="unit chart host vm" (default all).
+#   4. k8s (opt-in): a real single-node Kubernetes cluster in its own network
+#      namespace (scripts/k8s/), the chart installed with the real Helm, real
+#      pods admitted and rewritten (tests/k8s/tier.sh)
+# Needs root. Tiers: KLOAK_TIERS="unit chart host vm k8s" (default: all but k8s).
 # Ends with one line "N passed, N failed" for the non-cargo tiers.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,14 +21,17 @@ kernels=${KLOAK_VM_KERNELS:-bookworm trixie}
 [ "$(id -u)" -eq 0 ] || { echo "the BPF and VM tiers need root: sudo $0" >&2; exit 2; }
 
 scripts/install-deps.sh
-cargo build --locked || exit 1
-scripts/build-test-clients.sh || exit 1
-# The Go toolchains the target tests build the Go client with (see src/dataplane/targets/go.rs).
-KLOAK_GO_TOOLCHAINS=$(cat target/e2e/go/toolchains) || exit 1
-export KLOAK_GO_TOOLCHAINS
-# Bun releases from npm for the Bun locator's tests and the Bun scenario.
-bun_dir=$(scripts/fetch-bun.sh | tail -1) || exit 1
-client_venv=$(scripts/client-venv.sh) || exit 1
+# The debug build, the test clients, Bun and the client venv serve the unit, host and VM tiers.
+if [[ " $tiers " == *" unit "* || " $tiers " == *" host "* || " $tiers " == *" vm "* ]]; then
+  cargo build --locked || exit 1
+  scripts/build-test-clients.sh || exit 1
+  # The Go toolchains the target tests build the Go client with (see src/dataplane/targets/go.rs).
+  KLOAK_GO_TOOLCHAINS=$(cat target/e2e/go/toolchains) || exit 1
+  export KLOAK_GO_TOOLCHAINS
+  # Bun releases from npm for the Bun locator's tests and the Bun scenario.
+  bun_dir=$(scripts/fetch-bun.sh | tail -1) || exit 1
+  client_venv=$(scripts/client-venv.sh) || exit 1
+fi
 
 status=0
 if [[ " $tiers " == *" unit "* ]]; then
@@ -159,6 +165,14 @@ for line in sys.stdin:
       sh -c "E2E_WORK=/tmp/e2e tests/e2e/matrix.sh --expect rewrite"
     count "$logs/vm-$kernel-matrix.log" "vm $kernel client matrix"
   done
+fi
+if [[ " $tiers " == *" k8s "* ]]; then
+  echo "== tier 4: Kubernetes node (a real single-node cluster; scripts/k8s, tests/k8s/tier.sh)"
+  # The image holds the release binary. A cluster that cannot come up ends the tier with a FAIL
+  # and its result line, so it counts as failed, never as skipped.
+  cargo build --release --locked --bin kloak || status=1
+  E2E_WORK=$logs/k8s tests/k8s/tier.sh 2>&1 | tee "$logs/k8s.log"
+  count "$logs/k8s.log" k8s
 fi
 [ "$failed" -eq 0 ] || status=1
 echo "$passed passed, $failed failed"

@@ -44,6 +44,9 @@ pub enum Command {
     /// Started by `kloak run`: cleans up after it if it is killed.
     #[command(hide = true)]
     RunGuard(RunGuardArgs),
+    /// Before an uninstall (the chart's pre-delete hook): tell the agents to remove every
+    /// shadow Secret and, when they exit, their pinned state; wait for the shadows to go.
+    Uninstall(UninstallArgs),
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +66,20 @@ pub struct RunGuardArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Namespace of the agent's DaemonSet.
+    #[arg(long, env = "KLOAK_NAMESPACE", default_value = "kloak-system")]
+    pub namespace: String,
+    /// Name of the agent's DaemonSet.
+    #[arg(long, default_value = "kloak-controller")]
+    pub daemonset: String,
+    /// Seconds to wait for the agents' leader to report the shadows deleted; after that the
+    /// uninstall goes on (with a warning), so a broken agent never blocks it.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct ControllerArgs {
     /// This node's name (the downward API's spec.nodeName); only its pods are tracked.
     #[arg(long, env = "KLOAK_NODE_NAME")]
@@ -76,6 +93,10 @@ pub struct ControllerArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "kloak-controller")]
     pub lease_name: String,
+    /// Name of this agent's DaemonSet: an uninstall is announced on it (`kloak uninstall`), and
+    /// only then do the agents delete shadows and pins. Without it, pins always stay.
+    #[arg(long, env = "KLOAK_DAEMONSET")]
+    pub daemonset: Option<String>,
     /// Watch Secrets in these namespaces only (comma-separated or repeated); default: all.
     #[arg(long = "watch-namespace", value_delimiter = ',', value_name = "NS")]
     pub watch_namespaces: Vec<String>,

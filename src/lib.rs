@@ -16,4 +16,5 @@ pub mod policy;
 pub mod run;
 pub mod secrets;
 pub mod telemetry;
+pub mod uninstall;
 pub mod webhook;

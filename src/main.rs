@@ -3,7 +3,7 @@
 use clap::Parser;
 
 use kloak::cli::{Cli, Command};
-use kloak::{certs, controller, doctor, run, telemetry, webhook};
+use kloak::{certs, controller, doctor, run, telemetry, uninstall, webhook};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -34,6 +34,7 @@ fn main() -> std::process::ExitCode {
             Command::Webhook(args) => webhook::run(args).await,
             Command::Certgen(args) => certs::run(args).await,
             Command::RunGuard(args) => run::guard::run(args),
+            Command::Uninstall(args) => uninstall::run(args).await,
         }
     });
     match result {

@@ -122,7 +122,7 @@ expect_not() {
 }
 
 # --- good values: render, schema, Kubernetes schemas ----------------------------------------
-cases=(default hardened certgen-init certgen-both servicemonitor custom-image)
+cases=(default hardened certgen-init certgen-both servicemonitor custom-image provided-tls)
 for name in "${cases[@]}"; do
   args=()
   case $name in
@@ -181,6 +181,14 @@ fi
 if [ -f "$WORK/servicemonitor.yaml" ]; then
   expect servicemonitor "ServiceMonitor rendered" '^kind: ServiceMonitor$'
   expect servicemonitor "metrics port follows controller.metricsPort" '^ *- --metrics-addr=0\.0\.0\.0:9464$'
+fi
+if [ -f "$WORK/provided-tls.yaml" ]; then
+  expect provided-tls "the provided Secret is served" '^ *secretName: webhook-cert$'
+  expect provided-tls "its caBundle in both webhook entries" '^ *caBundle: LS0tLS1CRUdJTi0tLS0t$'
+  expect provided-tls "cert-manager's CA injector annotation" '^ *cert-manager.io/inject-ca-from: kloak-system/kloak-webhook$'
+  expect_no_object provided-tls "no certgen hook Job" Job/kloak-certgen
+  expect_no_object provided-tls "no certgen RBAC" ClusterRole/kloak-certgen
+  expect_not provided-tls "no certgen init container" '^ *- --output-dir=/etc/kloak/tls$'
 fi
 if [ -f "$WORK/custom-image.yaml" ]; then
   expect custom-image "image from --set" '^ *image: registry\.example\.com:5000/platform/kloak:v0\.1\.0-rc\.1$'

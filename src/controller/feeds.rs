@@ -1,8 +1,9 @@
-//! The three watches every agent runs, merged into one stream of updates.
+//! The watches every agent runs, merged into one stream of updates.
 
 use std::pin::Pin;
 
 use futures::stream::{select_all, BoxStream, StreamExt};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
@@ -15,6 +16,8 @@ pub enum Update {
     Shadow(Scope, watcher::Event<Secret>),
     /// Boxed: a Pod is far larger than the other variants.
     Pod(Box<watcher::Event<Pod>>),
+    /// The agent's own DaemonSet (uninstall is announced there).
+    Installation(Box<watcher::Event<DaemonSet>>),
     /// A watch failed; it retries by itself with backoff.
     Error(&'static str, watcher::Error),
 }
@@ -31,8 +34,14 @@ pub fn scopes(namespaces: &[String]) -> Vec<Scope> {
 }
 
 /// Labelled sources and managed shadows in `namespaces` (all when empty),
-/// and the kloak-enabled pods scheduled on `node`.
-pub fn watch_all(client: &Client, namespaces: &[String], node: &str) -> BoxStream<'static, Update> {
+/// the kloak-enabled pods scheduled on `node`, and the agent's own DaemonSet
+/// (`installation`: namespace and name) when known.
+pub fn watch_all(
+    client: &Client,
+    namespaces: &[String],
+    node: &str,
+    installation: Option<(&str, &str)>,
+) -> BoxStream<'static, Update> {
     let secret_apis = scopes(namespaces).into_iter().map(|scope| {
         let api: Api<Secret> = if scope.is_empty() {
             Api::all(client.clone())
@@ -67,5 +76,17 @@ pub fn watch_all(client: &Client, namespaces: &[String], node: &str) -> BoxStrea
         Ok(event) => Update::Pod(Box::new(event)),
         Err(err) => Update::Error("pods", err),
     })));
+    if let Some((namespace, name)) = installation {
+        // By name: RBAC grants this one DaemonSet (resourceNames), which a
+        // list or watch only matches with this field selector.
+        let own = watcher(
+            Api::<DaemonSet>::namespaced(client.clone(), namespace),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        );
+        streams.push(Box::pin(own.map(|r| match r {
+            Ok(event) => Update::Installation(Box::new(event)),
+            Err(err) => Update::Error("daemonset", err),
+        })));
+    }
     select_all(streams).boxed()
 }

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod feeds;
+pub mod installation;
 pub mod leader;
 pub mod metrics;
 pub mod ops;
@@ -155,10 +156,27 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
         retry: BTreeSet::new(),
         synced_once: false,
         wired: Default::default(),
+        installation: args
+            .daemonset
+            .as_ref()
+            .map(|name| installation::Installation {
+                api: Api::namespaced(client.clone(), &args.namespace),
+                name: name.clone(),
+            }),
+        scopes: scopes.clone(),
+        uninstalling: false,
+        shadows_removed: false,
     };
     let result = node
         .run_loop(
-            feeds::watch_all(&client, &args.watch_namespaces, &args.node_name),
+            feeds::watch_all(
+                &client,
+                &args.watch_namespaces,
+                &args.node_name,
+                args.daemonset
+                    .as_deref()
+                    .map(|name| (args.namespace.as_str(), name)),
+            ),
             &mut events,
             Duration::from_secs(args.resync_seconds.max(1)),
         )
@@ -166,9 +184,28 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
     let _ = stop.send(true);
     let _ = election.await;
     let _ = ops_task.await;
-    // Pins stay: the next agent adopts maps and links, so rewrites never stop.
+    if node.uninstalling {
+        // Nobody will resume a process held at exec after this agent.
+        crate::dataplane::held::sweep(node.agent.sink(), Path::new("/proc"), Duration::ZERO).await;
+    }
+    // Pins stay for a restart: the next agent adopts maps and links, so rewrites never stop.
     node.agent.into_sink().shutdown();
+    if node.uninstalling {
+        remove_pins(&args.pin_dir);
+    }
     result.map(|()| 0)
+}
+
+/// Uninstall: unpins every map and link, so the kernel frees them (and
+/// detaches the probes) once this process has exited.
+fn remove_pins(pin_dir: &Path) {
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => info!(pin_dir = %pin_dir.display(), "pinned maps and links removed"),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            error!(pin_dir = %pin_dir.display(), %err, "cannot remove pinned maps and links")
+        }
+    }
 }
 
 async fn until_stopped(mut stopped: watch::Receiver<bool>) {

@@ -17,7 +17,8 @@ use crate::dataplane::{held, DataPlane, Event, EventKind, EventReceiver, WireSid
 use crate::secrets::SecretRef;
 
 use super::agent::{Agent, Feed};
-use super::feeds::Update;
+use super::feeds::{Scope, Update};
+use super::installation::{self, Installation};
 use super::metrics::Metrics;
 use super::ops::Health;
 use super::shadows::{Outcome, ShadowWriter};
@@ -47,6 +48,14 @@ pub struct Node {
     /// Pod interfaces with the ciphertext strategy's filters attached, and
     /// the network namespace each serves.
     pub wired: BTreeMap<HostEnd, u32>,
+    /// The agent's DaemonSet, when known (`--daemonset`): uninstall is announced there.
+    pub installation: Option<Installation>,
+    /// The namespaces shadows live in ("" for all): what uninstall cleans.
+    pub scopes: Vec<Scope>,
+    /// Uninstall announced: no shadow is written any more, and the pins go at exit.
+    pub uninstalling: bool,
+    /// This agent, as leader, deleted every shadow after uninstall was announced.
+    pub shadows_removed: bool,
 }
 
 impl Node {
@@ -75,7 +84,9 @@ impl Node {
                     let leading = *self.leader.borrow_and_update();
                     self.metrics.set_leader(leading);
                     info!(leading, "leadership changed");
-                    if leading {
+                    if leading && self.uninstalling {
+                        self.remove_shadows().await;
+                    } else if leading {
                         self.reconcile_all().await;
                     }
                 }
@@ -100,8 +111,43 @@ impl Node {
                 _ = interrupt.recv() => break,
             }
         }
-        info!("stopping; pinned maps and probes stay for the next agent");
+        if self.uninstalling {
+            info!("stopping for uninstall: pinned maps and probes go");
+        } else {
+            info!("stopping; pinned maps and probes stay for the next agent");
+        }
         Ok(())
+    }
+
+    /// Uninstall was announced: stop writing shadows; the leader deletes them all.
+    async fn begin_uninstall(&mut self) {
+        if !self.uninstalling {
+            self.uninstalling = true;
+            self.retry.clear();
+            info!("uninstall announced on the DaemonSet: shadows are removed, pins go at exit");
+        }
+        if self.leading() {
+            self.remove_shadows().await;
+        }
+    }
+
+    async fn remove_shadows(&mut self) {
+        if self.shadows_removed {
+            return;
+        }
+        match self.writer.remove_all(&self.scopes).await {
+            Ok(count) => {
+                info!(count, "every shadow deleted (uninstall)");
+                self.shadows_removed = true;
+                if let Some(installation) = &self.installation {
+                    if let Err(err) = installation.shadows_removed(count).await {
+                        warn!(%err, daemonset = %installation.name, "cannot tell the uninstall hook that shadows are gone");
+                    }
+                }
+            }
+            // The hook waits and gives up after its timeout; a later event retries.
+            Err(err) => warn!(%err, "cannot delete the shadows for uninstall"),
+        }
     }
 
     fn leading(&self) -> bool {
@@ -145,6 +191,11 @@ impl Node {
                     }
                 }
             },
+            Update::Installation(event) => {
+                if installation::uninstall_seen(&event) {
+                    self.begin_uninstall().await;
+                }
+            }
             Update::Error(feed, err) => {
                 self.metrics.sync_error("watch");
                 warn!(feed, %err, "watch failed; retrying with backoff");
@@ -166,8 +217,9 @@ impl Node {
 
     /// The leader brings one shadow in line; followers only read.
     async fn reconcile(&mut self, secret: &SecretRef) {
-        // Before every watch has listed, a missing source may only be unlisted yet.
-        if !self.agent.is_synced() {
+        // Before every watch has listed, a missing source may only be unlisted yet;
+        // after uninstall was announced, no shadow is written again.
+        if !self.agent.is_synced() || self.uninstalling {
             return;
         }
         let result = self

@@ -2,7 +2,7 @@
 //! users on the source Secret (Kubernetes Events) when their input is refused.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 use thiserror::Error;
@@ -199,6 +199,38 @@ impl ShadowWriter {
             debug!(secret = %secret, "shadow up to date");
         }
         Ok(outcome)
+    }
+
+    /// Uninstall: deletes every shadow kloak manages in `scopes` (namespaces,
+    /// "" for all), whatever its source says. Returns how many it deleted.
+    pub async fn remove_all(&self, scopes: &[String]) -> Result<usize, kube::Error> {
+        let managed = format!("{}={}", k8s::MANAGED_LABEL, k8s::TRUE);
+        let mut deleted = 0;
+        for scope in scopes {
+            let api: Api<Secret> = if scope.is_empty() {
+                Api::all(self.client.clone())
+            } else {
+                Api::namespaced(self.client.clone(), scope)
+            };
+            let shadows = api
+                .list_metadata(&ListParams::default().labels(&managed))
+                .await?;
+            for shadow in shadows {
+                let (Some(namespace), Some(name)) =
+                    (shadow.metadata.namespace, shadow.metadata.name)
+                else {
+                    continue;
+                };
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => deleted += 1,
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(err) => return Err(err),
+                }
+                info!(shadow = %SecretRef::new(namespace, name), "shadow deleted (uninstall)");
+            }
+        }
+        Ok(deleted)
     }
 
     async fn delete(

@@ -3,7 +3,7 @@
 //! pod using a file is gone).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 use tracing::{debug, info, warn};
@@ -20,6 +20,42 @@ struct TrackedPod {
     containers: Vec<ContainerCgroup>,
     /// Containers whose processes were already scanned and hooked.
     scanned: BTreeSet<u64>,
+    /// Containers whose system TLS libraries are hooked (see [`system_tls_libraries`]).
+    libraries: BTreeSet<u64>,
+}
+
+/// Where distributions keep shared libraries, relative to a root file system.
+const SYSTEM_LIB_DIRS: [&str; 6] = [
+    "usr/lib/x86_64-linux-gnu",
+    "lib/x86_64-linux-gnu",
+    "usr/lib64",
+    "lib64",
+    "usr/lib",
+    "lib",
+];
+
+/// The shared libssl files a container's image keeps where the dynamic loader
+/// looks (`root` is `/proc/<pid>/root`). A process maps libssl only after exec
+/// (the loader, or a later `dlopen`, as Python's `import ssl` does), so an
+/// executable held at exec shows none in its maps: hooking the container's
+/// system copies up front is what protects `curl` run by `kubectl exec`, or a
+/// Python agent that imports `ssl` long after it started. Symlinks to the same
+/// file are deduplicated by the data plane (one hook per file).
+pub fn system_tls_libraries(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for dir in SYSTEM_LIB_DIRS {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        let mut here: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("libssl.so"))
+            .map(|entry| entry.path())
+            .collect();
+        here.sort();
+        found.extend(here);
+    }
+    found
 }
 
 pub struct PodTracker {
@@ -28,6 +64,17 @@ pub struct PodTracker {
     pods: BTreeMap<String, TrackedPod>,
     /// Which pods use each hooked file, and its probe count.
     files: BTreeMap<FileId, (BTreeSet<String>, usize)>,
+}
+
+/// Hooks the system TLS libraries in the root file system of process `pid`.
+async fn hook_libraries(dataplane: &DataPlane, proc_root: &Path, pid: u32) -> Vec<Hooked> {
+    let root = proc_root.join(pid.to_string()).join("root");
+    let mut hooked = Vec::new();
+    for path in system_tls_libraries(&root) {
+        debug!(path = %path.display(), "hooking a container's system TLS library");
+        hooked.extend(hooking::hook_file(dataplane, &path).await);
+    }
+    hooked
 }
 
 /// What a pod event means for the store.
@@ -77,6 +124,7 @@ impl PodTracker {
                 name: format!("{}/{}", plan.namespace, plan.name),
                 containers: Vec::new(),
                 scanned: BTreeSet::new(),
+                libraries: BTreeSet::new(),
             });
         tracked.containers = containers;
         PodChange::Bind(plan.uid, binding)
@@ -96,6 +144,11 @@ impl PodTracker {
             }
             match cgroup_pids(&container.path) {
                 Ok(pids) => {
+                    if let Some(&pid) = pids.first() {
+                        if pod.libraries.insert(container.id) {
+                            hooked.extend(hook_libraries(dataplane, &self.proc_root, pid).await);
+                        }
+                    }
                     for pid in pids {
                         hooked.extend(hooking::hook_process(dataplane, &self.proc_root, pid).await);
                     }
@@ -111,14 +164,21 @@ impl PodTracker {
     }
 
     /// A new executable held at exec: hook it, resume it, and count its files.
+    /// The container's system TLS libraries are hooked first (once per
+    /// container), while the process is still held, so the libssl its loader
+    /// is about to map is hooked before the first write.
     pub async fn exec_held(&mut self, pid: u32, cgroup_id: u64, dataplane: &DataPlane) {
-        let hooked = hooking::hook_exec(dataplane, &self.proc_root, pid).await;
         let owner = self
             .pods
-            .iter()
+            .iter_mut()
             .find(|(_, pod)| pod.containers.iter().any(|c| c.id == cgroup_id))
-            .map(|(uid, _)| uid.clone());
-        if let Some(uid) = owner {
+            .map(|(uid, pod)| (uid.clone(), pod.libraries.insert(cgroup_id)));
+        let mut hooked = Vec::new();
+        if let Some((_, true)) = &owner {
+            hooked.extend(hook_libraries(dataplane, &self.proc_root, pid).await);
+        }
+        hooked.extend(hooking::hook_exec(dataplane, &self.proc_root, pid).await);
+        if let Some((uid, _)) = owner {
             for h in hooked {
                 self.record(&uid, h);
             }
@@ -166,5 +226,36 @@ impl PodTracker {
 
     pub fn probe_count(&self) -> usize {
         self.files.values().map(|(_, probes)| probes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_libssl_copies_are_found_where_the_loader_looks() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let debian = root.path().join("usr/lib/x86_64-linux-gnu");
+        let fedora = root.path().join("usr/lib64");
+        std::fs::create_dir_all(&debian).expect("mkdir");
+        std::fs::create_dir_all(&fedora).expect("mkdir");
+        for file in [
+            debian.join("libssl.so.3"),
+            debian.join("libcrypto.so.3"),
+            fedora.join("libssl.so.1.1"),
+            root.path().join("libssl.so.3"),
+        ] {
+            std::fs::write(file, b"").expect("write");
+        }
+        assert_eq!(
+            system_tls_libraries(root.path()),
+            vec![debian.join("libssl.so.3"), fedora.join("libssl.so.1.1")]
+        );
+    }
+
+    #[test]
+    fn no_root_no_libraries() {
+        assert!(system_tls_libraries(Path::new("/nonexistent/kloak")).is_empty());
     }
 }

@@ -47,15 +47,16 @@ app.kubernetes.io/part-of: kloak
 {{- define "kloak.controller.name" -}}{{ include "kloak.fullname" . }}-controller{{- end -}}
 {{- define "kloak.webhook.name" -}}{{ include "kloak.fullname" . }}-webhook{{- end -}}
 {{- define "kloak.certgen.name" -}}{{ include "kloak.fullname" . }}-certgen{{- end -}}
-{{- define "kloak.tlsSecret" -}}{{ include "kloak.fullname" . }}-webhook-tls{{- end -}}
+{{- define "kloak.tlsSecret" -}}{{ default (printf "%s-webhook-tls" (include "kloak.fullname" .)) .Values.webhook.tls.secretName }}{{- end -}}
 {{- define "kloak.webhookConfig" -}}{{ include "kloak.fullname" . }}{{- end -}}
 {{- define "kloak.lease" -}}{{ include "kloak.fullname" . }}-controller{{- end -}}
 
+{{/* certgen runs (as hook Job and/or init container) unless a certificate is provided. */}}
 {{- define "kloak.certgenHook" -}}
-{{- if or (eq .Values.certgen.mode "hook") (eq .Values.certgen.mode "both") -}}true{{- end -}}
+{{- if and (not .Values.webhook.tls.secretName) (or (eq .Values.certgen.mode "hook") (eq .Values.certgen.mode "both")) -}}true{{- end -}}
 {{- end -}}
 {{- define "kloak.certgenInit" -}}
-{{- if or (eq .Values.certgen.mode "initContainer") (eq .Values.certgen.mode "both") -}}true{{- end -}}
+{{- if and (not .Values.webhook.tls.secretName) (or (eq .Values.certgen.mode "initContainer") (eq .Values.certgen.mode "both")) -}}true{{- end -}}
 {{- end -}}
 
 {{/* Unprivileged container security context (webhook and certgen). */}}
