@@ -313,8 +313,14 @@ static __always_inline void socket_write(int fd, const __u8 *buf, __u32 len)
 	struct socket_write w = { .buf = buf, .fd = fd, .len = len };
 
 	/* Every write syscall on the machine comes here: the cheap test first. */
-	if (!tls_thread())
-		return;
+	if (!tls_thread()) {
+		/* Only a protected Go program's write, under a strategy that binds records, can have moved. */
+		if (cfg_strategy == KLOAK_STRATEGY_IN_PLACE || !enabled_cgroup())
+			return;
+		go_follow_migration();
+		if (!tls_thread())
+			return;
+	}
 	bpf_loop(1, attribute_step, &w, 0);
 	bpf_loop(1, bind_step, &w, 0);
 }

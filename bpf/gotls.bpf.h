@@ -70,6 +70,43 @@ static __always_inline void go_write_end(__u64 goroutine)
 	ct_write_done(tid);
 }
 
+/*
+ * The Go scheduler may move a goroutine to another thread between its Write
+ * call and the socket write (preemption, a contended lock): the socket write
+ * then comes from a thread with no TLS call of its own. The goroutine (R14 in
+ * Go's register ABI, still set at the syscall) names the call: its state
+ * moves to this thread, so binding finds it and the write's end releases it.
+ * A subprogram: its reads need stack the write path's frames cannot spare.
+ */
+static __noinline void go_follow_migration(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), from;
+	struct kloak_conn_key g;
+	struct kloak_tls_call *call;
+	struct kloak_ct_write *w;
+	__u32 *started;
+
+	if (!regs)
+		return;
+	g = conn_key(BPF_CORE_READ(regs, r14));
+	started = bpf_map_lookup_elem(&go_write_threads, &g);
+	if (!started || *started == tid)
+		return;
+	from = *started;
+	call = bpf_map_lookup_elem(&tls_calls, &from);
+	if (!call || call->hook != KLOAK_HOOK_GO_WRITE)
+		return;
+	if (bpf_map_update_elem(&tls_calls, &tid, call, BPF_ANY))
+		return;
+	bpf_map_delete_elem(&tls_calls, &from);
+	w = bpf_map_lookup_elem(&ct_writes, &from);
+	if (w && !bpf_map_update_elem(&ct_writes, &tid, w, BPF_ANY))
+		bpf_map_delete_elem(&ct_writes, &from);
+	bpf_map_update_elem(&go_write_threads, &g, &tid, BPF_ANY);
+}
+
 /* (tgid, goroutine) -> Conn whose handshake that goroutine runs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
