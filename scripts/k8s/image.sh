@@ -7,6 +7,8 @@
 #   pause   localhost/kloak-test/pause:1: the pod sandbox, a static build of pause.c
 #   client  localhost/kloak-test/client:1: curl (Debian's, OpenSSL 3) with its libraries, busybox
 #           as /bin/sh and the usual tools, for the tier's workload pods
+#   python  localhost/kloak-test/python:1: Python 3.11 and its standard library, running
+#           tests/k8s/pyagent.py (imports ssl late, then calls the allowed host every second)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -54,8 +56,27 @@ image_client() {
   python3 "$HERE/mkimage.py" "$1" localhost/kloak-test/client:1 "$2" --cmd '["sleep","3600"]' >&2
 }
 
+# Python 3.11 (Debian's) with its standard library and the tier's long-running workload. The ssl
+# module's libssl comes with lib-dynload's libraries, so it is the image's own copy, as in real images.
+image_python() {
+  local lib=/usr/lib/python3.11 module
+  install -D -m 0755 /usr/bin/python3.11 "$1/usr/bin/python3"
+  copy_libs "$1" /usr/bin/python3.11
+  mkdir -p "$1$lib"
+  (cd "$lib" && tar -cf - --exclude=__pycache__ --exclude=test --exclude=idlelib --exclude=tkinter \
+    --exclude=ensurepip --exclude=lib2to3 --exclude=config-3.11-x86_64-linux-gnu .) |
+    tar -xf - -C "$1$lib"
+  for module in "$lib"/lib-dynload/*.so; do copy_libs "$1" "$module"; done
+  install -D -m 0644 "$ROOT/tests/k8s/pyagent.py" "$1/app/agent.py"
+  mkdir -p "$1/tmp" "$1/etc"
+  chmod 1777 "$1/tmp"
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$1/etc/passwd"
+  python3 "$HERE/mkimage.py" "$1" localhost/kloak-test/python:1 "$2" \
+    --entrypoint '["/usr/bin/python3", "-S", "-u"]' --cmd '["/app/agent.py"]' >&2
+}
+
 main() {
-  [ $# -ge 2 ] || { sed -n '2,11p' "$0" >&2; exit 2; }
+  [ $# -ge 2 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
   local out=$1 name
   shift
   mkdir -p "$out"

@@ -11,7 +11,8 @@
 #      only placeholders; a pod in an unlabelled namespace is untouched; a pod referencing a Secret
 #      whose shadow is not there is denied, naming the Secret
 #   e. a real rewrite (also from a Guaranteed pod given the Secret by envFrom, a projected volume
-#      and an init container): curl in the pod calls api.kloak.test (allowed) and other.kloak.test by names
+#      and an init container, and from a long-running Python pod that imports ssl late): curl in
+#      the pod calls api.kloak.test (allowed) and other.kloak.test by names
 #      the cluster's DNS server resolves; the allowed server receives the real value, the other the
 #      placeholder (ciphertext strategy on a lockdown kernel, on the host end of the pod's veth)
 #   f. the agent restarted (kubectl rollout restart) during traffic: every request still rewritten,
@@ -99,8 +100,9 @@ setup() {
     fatal "cluster binaries (scripts/k8s/build.sh)" "$(tail -20 "$WORK/build.log")"
   pass "cluster binaries ready ($((SECONDS - start))s; $K8S_KEY)"
   start=$SECONDS
-  mapfile -t IMAGES < <("$ROOT/scripts/k8s/image.sh" "$WORK/images" kloak pause client 2>"$WORK/image.log")
-  [ "${#IMAGES[@]}" -eq 3 ] || fatal "images (scripts/k8s/image.sh)" "$(tail -20 "$WORK/image.log")"
+  mapfile -t IMAGES < <("$ROOT/scripts/k8s/image.sh" "$WORK/images" kloak pause client python \
+    2>"$WORK/image.log")
+  [ "${#IMAGES[@]}" -eq 4 ] || fatal "images (scripts/k8s/image.sh)" "$(tail -20 "$WORK/image.log")"
   pass "OCI images built without Docker ($((SECONDS - start))s): $(sed -n 's/: .*//p' "$WORK/image.log" | tr '\n' ' ')"
   start=$SECONDS
   trap cleanup EXIT
@@ -353,16 +355,41 @@ guaranteed() {
   fi
 }
 
+# A Python workload as the pod's own long-running process: it imports ssl (dlopen of the image's
+# libssl) seconds after it started, then calls the allowed host every second.
+python_workload() {
+  client_pod "$ON" pyagent api-key |
+    sed -e 's|localhost/kloak-test/client:1|localhost/kloak-test/python:1|' -e '/command: \[sleep/d' |
+    kc apply -f - >/dev/null 2>&1
+  local i got=""
+  for ((i = 1; i <= 30; i++)); do
+    got=$(carried "$WORK/api.rec" "X-Client: python" | tail -1)
+    [ "$got" = real ] && break
+    sleep 1
+  done
+  if [ "$got" = real ]; then
+    pass "e: a long-running Python pod (ssl imported after start) gets the real value ($(carried "$WORK/api.rec" "X-Client: python" | sort | uniq -c | tr -s ' \n' ' '))"
+  else
+    fail "e: Python pod" "carried: $(carried "$WORK/api.rec" "X-Client: python" | tr '\n' ' ');" \
+      "log: $(kc -n "$ON" logs pyagent --tail=3 2>&1)"
+  fi
+  # Left running, so its requests cross the agent's restart too (a pod being deleted loses its
+  # binding at once: its last requests would carry the placeholder, by design).
+}
+
 # --- e. a real rewrite -----------------------------------------------------------------------------
-# carried RECORD: one word per request the server recorded: real, placeholder, both or none.
+# carried RECORD [MARKER]: one word per request the server recorded (only those containing MARKER,
+# when given): real, placeholder, both or none.
 carried() {
   python3 -c '
 import base64, json, sys
-secret, placeholder = sys.argv[2].encode(), sys.argv[3].encode()
+secret, placeholder, marker = sys.argv[2].encode(), sys.argv[3].encode(), sys.argv[4].encode()
 for line in open(sys.argv[1]):
     data = base64.b64decode(json.loads(line)["data_b64"])
-    print({(True, False): "real", (False, True): "placeholder", (True, True): "both",
-           (False, False): "none"}[(secret in data, placeholder in data)])' "$1" "$SECRET_VALUE" "$PLACEHOLDER"
+    if marker in data:
+        print({(True, False): "real", (False, True): "placeholder", (True, True): "both",
+               (False, False): "none"}[(secret in data, placeholder in data)])' \
+    "$1" "$SECRET_VALUE" "$PLACEHOLDER" "${2:-}"
 }
 
 curl_in_pod() { # HOST: one HTTP/1.1 request with the Authorization header from the env
@@ -396,8 +423,9 @@ rewrite() {
 
 # --- f. agent restart under traffic ----------------------------------------------------------------
 restart_under_traffic() {
-  local before after loop
-  before=$(carried "$WORK/api.rec" | wc -l)
+  local before after loop python_before python_after
+  before=$(carried "$WORK/api.rec" "User-Agent: curl" | wc -l)
+  python_before=$(carried "$WORK/api.rec" "X-Client: python" | wc -l)
   kc -n "$ON" exec client -- sh -c 'i=0; while [ $i -lt 40 ]; do
       curl -sk --http1.1 --max-time 5 -o /dev/null -H "Authorization: Bearer $API_KEY" https://api.kloak.test/
       sleep 0.5; i=$((i + 1)); done' >/dev/null 2>&1 &
@@ -407,11 +435,13 @@ restart_under_traffic() {
   check "f: agent restarted (rollout restart) during traffic" \
     kc -n "$KNS" rollout status ds/"$RELEASE-controller" --timeout=120s
   wait "$loop"
-  after=$(carried "$WORK/api.rec" | tail -n +"$((before + 1))" | sort | uniq -c | tr -s ' \n' ' ')
-  if [[ $after =~ ^\ ?[0-9]+\ real\ ?$ ]]; then
-    pass "f: every request during the restart got the real value ($after)"
+  after=$(carried "$WORK/api.rec" "User-Agent: curl" | tail -n +"$((before + 1))" | sort | uniq -c | tr -s ' \n' ' ')
+  python_after=$(carried "$WORK/api.rec" "X-Client: python" | tail -n +"$((python_before + 1))" |
+    sort | uniq -c | tr -s ' \n' ' ')
+  if [[ $after =~ ^\ ?[0-9]+\ real\ ?$ ]] && [[ $python_after =~ ^\ ?[0-9]+\ real\ ?$ ]]; then
+    pass "f: every request during the restart got the real value (curl:$after, Python:$python_after)"
   else
-    fail "f: requests during the restart" "carried: $after"
+    fail "f: requests during the restart" "curl carried:$after; Python carried:$python_after"
   fi
   local stopped
   stopped=$(kc -n "$ON" exec client -- sh -c 'grep -l "^State:.*T" /proc/[0-9]*/status' 2>/dev/null)
@@ -437,10 +467,10 @@ rotation() {
   else
     fail "f2: rotation" "placeholder '$now' (${#now} bytes, value ${#value}), retired '$retired'"
   fi
-  before=$(carried "$WORK/api.rec" | wc -l)
+  before=$(carried "$WORK/api.rec" "User-Agent: curl" | wc -l)
   curl_in_pod api.kloak.test >/dev/null 2>&1
   # SECRET_VALUE and PLACEHOLDER are still the old pair here: what the pod holds and should carry.
-  got=$(carried "$WORK/api.rec" | tail -n +"$((before + 1))" | tr '\n' ' ')
+  got=$(carried "$WORK/api.rec" "User-Agent: curl" | tail -n +"$((before + 1))" | tr '\n' ' ')
   if [ "$got" = "real " ]; then
     pass "f2: a pod holding the retired placeholder still gets its (old) real value in the grace period"
   else
@@ -573,6 +603,7 @@ main() {
     webhook
     rewrite
     guaranteed
+    python_workload
     restart_under_traffic
     rotation
     operations
