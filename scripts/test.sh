@@ -6,7 +6,7 @@
 #      of Go build (go_matrix.sh), Bun (bun.sh), the client matrix (matrix.sh)
 #      and kloak doctor's view of them, on this machine's kernel (rewrites
 #      where the kernel allows them, observe mode and its reasons where not)
-#   3. VM: the same inside Debian's 6.1 and 6.12 kernels under qemu, where
+#   3. VM: the same inside Debian's 6.1 and 6.12 kernels under qemu (the two side by side), where
 #      rewrites must happen
 #   4. k8s (opt-in): a real single-node Kubernetes cluster in its own network
 #      namespace (scripts/k8s/), the chart installed with the real Helm, real
@@ -34,6 +34,12 @@ if [[ " $tiers " == *" unit "* || " $tiers " == *" host "* || " $tiers " == *" v
 fi
 
 status=0
+tier_started=$SECONDS
+tier_took() { # NAME: how long the tier that just ended took, for the CI time budget
+  echo "-- $1 took $((SECONDS - tier_started)) s (test.sh at $SECONDS s)"
+  tier_started=$SECONDS
+}
+tier_took "set-up (dependencies, build, test clients)"
 if [[ " $tiers " == *" unit "* ]]; then
   echo "== tier 1: unit tests"
   cargo test --locked || status=1
@@ -42,6 +48,7 @@ if [[ " $tiers " == *" unit "* ]]; then
   cargo test --locked --bench secret_sync_latency || status=1
   # SSL_write and SSL_do_handshake located in every fetched Bun build.
   KLOAK_BUN_DIR=$bun_dir cargo test --locked --lib targets::bun -- --ignored || status=1
+  tier_took "tier 1: unit"
 fi
 
 passed=0
@@ -78,12 +85,39 @@ vm_run() {
   done
 }
 
+# vm_series KERNEL: every guest boot of one kernel, one after another (see the vm tier below).
+vm_series() {
+  local kernel=$1 restarts stale started=$SECONDS
+  echo "== tier 3: VM, Debian $kernel kernel"
+  # One boot for the Rust root tests and four scenario files; each ends with its own result line. The security
+  # scenarios run with the default strategy (auto): OpenSSL clients' AES-GCM sessions are
+  # patched in the ciphertext, Go and HPACK Huffman headers rewritten in place.
+  restarts=$(printf '%s\n' "${vm_tests[@]}" | grep '/restarts-')
+  stale=$(printf '%s\n' "${vm_tests[@]}" | grep '/stale_restore-')
+  vm_run "$logs/vm-$kernel.log" "vm $kernel" --kernel "$kernel" --timeout 3600 -- \
+    sh -c "tests/e2e/rust_root.sh $restarts switching_to_observe -- $stale;
+           E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
+           E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite;
+           E2E_WORK=/tmp/e2e-ct tests/e2e/ciphertext.sh;
+           E2E_WORK=/tmp/e2e-faults tests/e2e/faults.sh"
+  echo "== tier 3: VM, Debian $kernel kernel, Bun"
+  vm_run "$logs/vm-$kernel-bun.log" "vm $kernel bun" --kernel "$kernel" --cpu max --timeout 900 -- \
+    sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite"
+  echo "== tier 3: VM, Debian $kernel kernel, client matrix"
+  # The client matrix proves the in-place strategy for every runtime.
+  vm_run "$logs/vm-$kernel-matrix.log" "vm $kernel client matrix" --kernel "$kernel" --timeout 1800 \
+    --env "KLOAK_CLIENT_VENV=$client_venv" --env KLOAK_STRATEGY=in-place -- \
+    sh -c "E2E_WORK=/tmp/e2e tests/e2e/matrix.sh --expect rewrite"
+  echo "== tier 3: VM, Debian $kernel kernel: $((SECONDS - started)) s"
+}
+
 logs=$root/target/test-logs
 mkdir -p "$logs"
 if [[ " $tiers " == *" chart "* ]]; then
   echo "== chart: render, schema-validate, deploy/kloak.yaml in sync"
   scripts/chart/check.sh 2>&1 | tee "$logs/chart.log"
   count "$logs/chart.log" chart
+  tier_took chart
 fi
 if [[ " $tiers " == *" host "* ]]; then
   expect=observe
@@ -113,6 +147,7 @@ if [[ " $tiers " == *" host "* ]]; then
   echo "== tier 2: host BPF ($(uname -r)), fault injection"
   E2E_WORK=$logs/host-faults tests/e2e/faults.sh 2>&1 | tee "$logs/host-faults.log"
   count "$logs/host-faults.log" "host $(uname -r) faults"
+  tier_took "tier 2: host"
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The root-only Rust tests that need user-memory writes, as built test binaries.
@@ -140,31 +175,20 @@ for line in sys.stdin:
     done
     cp -r target/e2e/goclient target/e2e/go target/e2e/certs "$vm_root/target/e2e/"
   fi
+  # Each guest is one qemu TCG thread's worth of work (measured: one core busy per guest), so the
+  # kernels' series run side by side, each in its own logs; they are shown and counted when both end.
   for kernel in $kernels; do
-    echo "== tier 3: VM, Debian $kernel kernel"
-    # One boot for the Rust root tests and four scenario files; each ends with its own result line. The security
-    # scenarios run with the default strategy (auto): OpenSSL clients' AES-GCM sessions are
-    # patched in the ciphertext, Go and HPACK Huffman headers rewritten in place.
-    restarts=$(printf '%s\n' "${vm_tests[@]}" | grep '/restarts-')
-    stale=$(printf '%s\n' "${vm_tests[@]}" | grep '/stale_restore-')
-    vm_run "$logs/vm-$kernel.log" "vm $kernel" --kernel "$kernel" --timeout 2400 -- \
-      sh -c "tests/e2e/rust_root.sh $restarts switching_to_observe -- $stale;
-             E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
-             E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite;
-             E2E_WORK=/tmp/e2e-ct tests/e2e/ciphertext.sh;
-             E2E_WORK=/tmp/e2e-faults tests/e2e/faults.sh"
+    vm_series "$kernel" >"$logs/vm-$kernel-series.log" 2>&1 &
+  done
+  echo "== tier 3: VM, Debian kernels $kernels side by side (logs: $logs/vm-*.log)"
+  wait
+  for kernel in $kernels; do
+    cat "$logs/vm-$kernel-series.log"
     count "$logs/vm-$kernel.log" "vm $kernel" 5
-    echo "== tier 3: VM, Debian $kernel kernel, Bun"
-    vm_run "$logs/vm-$kernel-bun.log" "vm $kernel bun" --kernel "$kernel" --cpu max --timeout 900 -- \
-      sh -c "E2E_WORK=/tmp/e2e tests/e2e/bun.sh --expect rewrite"
     count "$logs/vm-$kernel-bun.log" "vm $kernel bun"
-    echo "== tier 3: VM, Debian $kernel kernel, client matrix"
-    # The client matrix proves the in-place strategy for every runtime.
-    vm_run "$logs/vm-$kernel-matrix.log" "vm $kernel client matrix" --kernel "$kernel" --timeout 1800 \
-      --env "KLOAK_CLIENT_VENV=$client_venv" --env KLOAK_STRATEGY=in-place -- \
-      sh -c "E2E_WORK=/tmp/e2e tests/e2e/matrix.sh --expect rewrite"
     count "$logs/vm-$kernel-matrix.log" "vm $kernel client matrix"
   done
+  tier_took "tier 3: VM"
 fi
 if [[ " $tiers " == *" k8s "* ]]; then
   echo "== tier 4: Kubernetes node (a real single-node cluster; scripts/k8s, tests/k8s/tier.sh)"
@@ -173,6 +197,7 @@ if [[ " $tiers " == *" k8s "* ]]; then
   cargo build --release --locked --bin kloak || status=1
   E2E_WORK=$logs/k8s tests/k8s/tier.sh 2>&1 | tee "$logs/k8s.log"
   count "$logs/k8s.log" k8s
+  tier_took "tier 4: k8s"
 fi
 [ "$failed" -eq 0 ] || status=1
 echo "$passed passed, $failed failed"
