@@ -12,6 +12,10 @@
 # c. kloak run killed while records bound by the ciphertext strategy are in flight (held on the wire by
 #    the dropper): the guard keeps the filters until they are acknowledged, so the retransmissions still
 #    carry the real value and the server gets a whole request; then the filters go.
+# d. a full ring buffer: kloak run frozen while its command floods decisions, then execs a file kloak has
+#    never seen: the kernel cannot queue the hold, so the process is not stopped (it runs unhooked and its
+#    placeholder leaves unchanged: fail closed); once kloak run thaws, rewrites go on, and kloak run says
+#    that events were lost.
 # (A rotation with records in flight is ciphertext.sh's scenario k.)
 set -uo pipefail
 
@@ -168,6 +172,82 @@ if wait_for_text "$WORK/flight.gate.started" ready 60 "$runner"; then
 else
   fail flight "the command never started: $(tail -c 400 "$WORK/flight.log")"
   touch "$WORK/flight.gate" "$WORK/flight.release"
+  wait "$runner"
+fi
+
+# ---- d. a full ring buffer -----------------------------------------------------------------------------
+# Everything the command runs after the freeze is started before it (a first exec would be held, and a
+# frozen kloak run cannot answer), except the fresh copy of the Go client, which is the point.
+rm -f "$WORK/ring.gate" "$WORK/ring.gate.started" "$WORK/ring.events" "$WORK/ring.go" "$WORK/ring.after"
+: > "$WORK/a.rec"
+cp "$GOCLIENT" "$WORK/goclient-fresh"
+cat > "$WORK/flood.py" <<'PY'
+import os, socket, ssl, subprocess, sys, time, urllib.request
+gate, fresh, writes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.check_hostname = False
+# An address, not the allowed name: every write is a decision (host not verified), nothing is rewritten.
+conn = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 8443)), server_hostname="allowed.kloak.test")
+chunk = ("x=" + os.environ["API_KEY"] + "\n").encode()
+open(gate + ".started", "w").write("ready\n")
+while not os.path.exists(gate):
+    time.sleep(0.05)
+conn.sendall(b"POST /flood HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (len(chunk) * writes))
+for _ in range(writes):
+    conn.sendall(chunk)
+conn.recv(100)
+started = time.monotonic()
+go = subprocess.run([fresh, "-url", "https://allowed.kloak.test:8443/overflow-go",
+                     "-header", "Authorization: Bearer $API_KEY"], capture_output=True)
+open(gate + ".go", "w").write("rc=%d ms=%d %s\n" % (go.returncode, (time.monotonic() - started) * 1000,
+                                                    go.stderr[-200:].decode(errors="replace")))
+while not os.path.exists(gate + ".thawed"):
+    time.sleep(0.05)
+request = urllib.request.Request("https://allowed.kloak.test:8443/after-overflow",
+                                 headers={"Authorization": "Bearer " + os.environ["API_KEY"]})
+print("after:", urllib.request.urlopen(request, timeout=30).read().decode().strip())
+PY
+rm -f "$WORK/ring.gate.go" "$WORK/ring.gate.thawed"
+# The ring holds 1 MiB; an event takes about 112 bytes: 15,000 decisions overflow it.
+RESOLVER=127.0.0.53 kloak_run ring --secret "API_KEY=@$WORK/api_key" --allow-host allowed.kloak.test \
+  --port 8443 --dns-server 127.0.0.53 -- python3 "$WORK/flood.py" "$WORK/ring.gate" "$WORK/goclient-fresh" 15000 &
+runner=$!
+if wait_for_text "$WORK/ring.gate.started" ready 60 "$runner"; then
+  kloak_pid=$(pgrep -f -- "^$KLOAK run --events $WORK/ring.events")
+  kill -STOP "$kloak_pid"
+  touch "$WORK/ring.gate"
+  if wait_for_text "$WORK/ring.gate.go" rc= 300 "$runner"; then
+    if grep -q '^rc=0 ' "$WORK/ring.gate.go"; then
+      pass "ring: with the event buffer full, a new executable ran without being stopped ($(cut -d' ' -f2 "$WORK/ring.gate.go"))"
+    else
+      fail ring "the fresh Go client failed: $(cat "$WORK/ring.gate.go")"
+    fi
+  else
+    fail ring "the fresh Go client did not finish while kloak run was frozen (held with nobody to answer?)"
+  fi
+  kill -CONT "$kloak_pid"
+  touch "$WORK/ring.gate.thawed"
+  wait "$runner"
+  got=$(received_text "$WORK/a.rec" /overflow-go)
+  if grep -q "Bearer kloak:" <<<"$got" && ! grep -qF "$SECRET" <<<"$got"; then
+    pass "ring: the unhooked process's placeholder left unchanged (fail closed)"
+  else
+    fail ring "the unhooked process's request: $(head -c 300 <<<"$got")"
+  fi
+  got=$(received_text "$WORK/a.rec" /after-overflow)
+  if grep -qF "Bearer $SECRET" <<<"$got"; then
+    pass "ring: once kloak run thawed, the next request was rewritten"
+  else
+    fail ring "no rewrite after the overflow: $(head -c 300 <<<"$got"); $(tail -c 300 "$WORK/ring.out")"
+  fi
+  if grep -q "event buffer overflowed" "$WORK/ring.log"; then
+    pass "ring: kloak run warned that events were lost"
+  else
+    fail ring "no warning about lost events: $(grep -a 'WARN' "$WORK/ring.log" | tail -2)"
+  fi
+else
+  fail ring "the command never started: $(tail -c 400 "$WORK/ring.log")"
+  touch "$WORK/ring.gate" "$WORK/ring.gate.thawed"
   wait "$runner"
 fi
 
