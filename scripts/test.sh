@@ -34,7 +34,7 @@ if [[ " $tiers " == *" unit "* || " $tiers " == *" host "* || " $tiers " == *" v
 fi
 
 status=0
-tier_started=$SECONDS
+tier_started=0
 tier_took() { # NAME: how long the tier that just ended took, for the CI time budget
   echo "-- $1 took $((SECONDS - tier_started)) s (test.sh at $SECONDS s)"
   tier_started=$SECONDS
