@@ -216,6 +216,16 @@ int handle_go_write_ret_ro(struct pt_regs *ctx)
  * the attachment.
  */
 #define SIGSTOP 19
+/* Longer than any pause of the agent's loader thread between two heartbeats. */
+#define AGENT_STALE_NS 2000000000ULL
+
+static __always_inline bool agent_alive(void)
+{
+	__u32 zero = 0;
+	__u64 *beat = bpf_map_lookup_elem(&agent_heartbeat, &zero);
+
+	return beat && *beat && bpf_ktime_get_boot_ns() - *beat < AGENT_STALE_NS;
+}
 
 SEC("tracepoint/sched/sched_process_exec")
 int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
@@ -237,6 +247,10 @@ int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 	key.ino = BPF_CORE_READ(inode, i_ino);
 	if (bpf_map_lookup_elem(&files, &key))
 		return 0;
+	if (!agent_alive()) {
+		count(KLOAK_CTR_HOLD_NO_AGENT);
+		return 0;                /* not held: the file stays unhooked (fail closed) */
+	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(KLOAK_CTR_EVENTS_LOST);

@@ -126,6 +126,19 @@ struct {
 	__type(value, struct kloak_held);
 } held SEC(".maps");
 
+/*
+ * The boot time (ns) of the agent's last sign of life, 0 once it stopped on
+ * purpose. Pinned links outlive the agent; a hold nobody will answer would
+ * stop a workload until the next agent is up, so execs are held only while
+ * an agent is alive.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} agent_heartbeat SEC(".maps");
+
 /* Hooked binaries, indexed by the uprobe's attach cookie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -87,15 +87,16 @@ vm_run() {
 
 # vm_series KERNEL: every guest boot of one kernel, one after another (see the vm tier below).
 vm_series() {
-  local kernel=$1 restarts stale started=$SECONDS
+  local kernel=$1 restarts stale agent_kill started=$SECONDS
   echo "== tier 3: VM, Debian $kernel kernel"
   # One boot for the Rust root tests and four scenario files; each ends with its own result line. The security
   # scenarios run with the default strategy (auto): OpenSSL clients' AES-GCM sessions are
   # patched in the ciphertext, Go and HPACK Huffman headers rewritten in place.
   restarts=$(printf '%s\n' "${vm_tests[@]}" | grep '/restarts-')
   stale=$(printf '%s\n' "${vm_tests[@]}" | grep '/stale_restore-')
-  vm_run "$logs/vm-$kernel.log" "vm $kernel" --kernel "$kernel" --timeout 3600 -- \
-    sh -c "tests/e2e/rust_root.sh $restarts switching_to_observe -- $stale;
+  agent_kill=$(printf '%s\n' "${vm_tests[@]}" | grep '/agent_kill-')
+  vm_run "$logs/vm-$kernel.log" "vm $kernel" --kernel "$kernel" --timeout 4200 -- \
+    sh -c "tests/e2e/rust_root.sh $restarts switching_to_observe -- $stale -- $agent_kill;
            E2E_WORK=/tmp/e2e tests/e2e/scenarios.sh --expect rewrite;
            E2E_WORK=/tmp/e2e-go tests/e2e/go_matrix.sh --expect rewrite;
            E2E_WORK=/tmp/e2e-ct tests/e2e/ciphertext.sh;
@@ -129,6 +130,8 @@ if [[ " $tiers " == *" host "* ]]; then
   # restarts.rs's observe switch and stale_restore.rs need user-memory writes: the VM tier runs them.
   cargo test --locked --test pins --test binding --test restarts -- --ignored --skip switching_to_observe 2>&1 |
     tee "$logs/host-integration.log" || status=1
+  # The node agent's data plane killed 20 times under traffic (ciphertext strategy on a lockdown host).
+  cargo test --locked --test agent_kill -- --ignored 2>&1 | tee "$logs/host-agent-kill.log" || status=1
   E2E_WORK=$logs/host tests/e2e/scenarios.sh --expect "$expect" 2>&1 | tee "$logs/host.log"
   count "$logs/host.log" "host $(uname -r)"
   E2E_WORK=$logs/host-go tests/e2e/go_matrix.sh --expect "$expect" 2>&1 | tee "$logs/host-go.log"
@@ -151,14 +154,14 @@ if [[ " $tiers " == *" host "* ]]; then
 fi
 if [[ " $tiers " == *" vm "* ]]; then
   # The root-only Rust tests that need user-memory writes, as built test binaries.
-  mapfile -t vm_tests < <(cargo test --locked --no-run --test restarts --test stale_restore \
+  mapfile -t vm_tests < <(cargo test --locked --no-run --test restarts --test stale_restore --test agent_kill \
     --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])')
-  [ "${#vm_tests[@]}" -eq 2 ] || { echo "vm: the restarts and stale_restore test binaries were not built"; failed=$((failed + 1)); }
+  [ "${#vm_tests[@]}" -eq 3 ] || { echo "vm: the restarts, stale_restore and agent_kill test binaries were not built"; failed=$((failed + 1)); }
   # The guest sees this machine's / except /tmp (its own tmpfs): a checkout
   # under /tmp runs from a staged copy of what the scenarios and the matrix
   # need (tests/ holds the matrix's clients; its venv is in the cache).

@@ -361,17 +361,46 @@ fn a_process_held_when_the_agent_died_is_resumed_by_the_next() {
     agent.shutdown();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(process_state(pid), Some('T'), "nobody resumed it");
+    // With no agent alive, a new executable is not stopped: nobody would resume it.
+    let unseen = work.path().join("sleeper-2");
+    fs::copy("/bin/sleep", &unseen).expect("copy sleep");
+    let mut unheld = Reaped(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec {} 0",
+                procs.display(),
+                unseen.display()
+            ))
+            .spawn()
+            .expect("spawn"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = unheld.0.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "an exec while no agent is alive ran to its end (state {:?})",
+        process_state(unheld.0.id())
+    );
 
-    let (agent, _events) = DataPlane::start(pins.config(false, true)).expect("next agent");
-    let resumed = rt.block_on(held::sweep(&agent, Path::new("/proc"), Duration::ZERO));
-    assert_eq!(resumed, [pid]);
+    // Resumed before the next agent loads (loading takes seconds).
+    let orphans = held::take_over(&pins.0);
+    assert_eq!(orphans, [pid]);
     let state = wait_for_state(pid, |s| s != Some('T'));
     assert_ne!(state, Some('T'), "the next agent resumed the held process");
+    let (agent, _events) = DataPlane::start(pins.config(false, true)).expect("next agent");
     let left = rt
         .block_on(agent.snapshot(&[kloak::dataplane::maps::MapName::Held]))
         .expect("snapshot");
     assert!(left.is_empty(), "its record is cleared");
-    // Its file was hooked (inspected) on the way: its next exec runs without a stop.
     drop(child);
     rt.block_on(agent.apply(diff(&records, &Records::new())))
         .expect("disable the cgroup");

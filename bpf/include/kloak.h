@@ -138,6 +138,7 @@ enum kloak_counter {
 	KLOAK_CTR_CT_FAILED = 19,        /* a segment could not be patched whole (load, store, checksum) */
 	KLOAK_CTR_RESTORE_STALE = 20,    /* restore lists of calls that never returned, dropped unwritten */
 	KLOAK_CTR_CT_VALUE_GONE = 21,    /* a bound patch whose value was neither current nor retired: not applied */
+	KLOAK_CTR_HOLD_NO_AGENT = 22,    /* an exec not held: no agent alive to answer (the file ran unhooked) */
 	KLOAK_CTR_BLOCKED_BASE = 32,     /* + enum kloak_reason */
 	KLOAK_CTR_MAX = 64,
 };

@@ -9,7 +9,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
 
 use super::hooking;
 use super::loader::DataPlane;
@@ -65,6 +68,64 @@ pub fn boot_time_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+/// Resumes every process recorded in a pinned `held` map and clears its record,
+/// without the data plane: for an agent before it loads (loading takes seconds,
+/// a held workload must not wait for it) and for `kloak run`'s guard. Returns
+/// the pids that were resumed (records of processes that are gone just go).
+pub fn resume_pinned(held: &MapHandle) -> Vec<u32> {
+    let mut resumed = Vec::new();
+    for key in held.keys() {
+        let Some(pid) = key.as_slice().try_into().ok().map(u32::from_ne_bytes) else {
+            continue;
+        };
+        if let Ok(raw) = i32::try_from(pid) {
+            if kill(Pid::from_raw(raw), Signal::SIGCONT).is_ok() {
+                resumed.push(pid);
+            }
+        }
+        let _ = held.delete(&key);
+    }
+    resumed
+}
+
+/// Before an agent loads (seconds): the kernel stops holding execs until this
+/// agent can answer them (the heartbeat of the agent before it may still look
+/// fresh), and what earlier agents left stopped is resumed. Those processes,
+/// and files first run meanwhile, run unhooked until their files are hooked
+/// (their placeholders go out unchanged: fail closed).
+pub fn take_over(pin_dir: &Path) -> Vec<u32> {
+    let maps = pin_dir.join("maps");
+    if !maps.join("held").exists() {
+        return Vec::new();
+    }
+    match MapHandle::from_pinned_path(maps.join("agent_heartbeat")) {
+        Ok(beat) => {
+            if let Err(err) = beat.update(&0u32.to_ne_bytes(), &0u64.to_ne_bytes(), MapFlags::ANY) {
+                warn!(%err, "cannot stop exec holds while loading");
+            }
+        }
+        // Pins of a version without it: its holds are answered by the sweep after loading.
+        Err(err) => debug!(%err, "no pinned agent heartbeat"),
+    }
+    match MapHandle::from_pinned_path(maps.join("held")) {
+        Ok(held) => {
+            let pids = resume_pinned(&held);
+            if !pids.is_empty() {
+                info!(
+                    processes = pids.len(),
+                    ?pids,
+                    "resumed processes an earlier agent left stopped at exec"
+                );
+            }
+            pids
+        }
+        Err(err) => {
+            warn!(%err, "cannot open the pinned held map");
+            Vec::new()
+        }
+    }
 }
 
 /// Hooks and resumes every process held for longer than `grace` (all of them

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 pub use super::config::{LoaderConfig, ObserveReason, RewriteStrategy};
 use super::dispatch::{self, Delivery, EventReceiver, EventSender};
 use super::events::Event;
+use super::held;
 use super::links::{self, LinkSet, Mode};
 use super::maps::{file_forget, file_record, FileState, MapName, MapOp, Records};
 use super::plan::{self, Modes, PlanGap, ProbeSpec, UprobeProgram};
@@ -118,6 +119,7 @@ const PINNED_MAPS: &[&str] = &[
     "targets",
     "files",
     "held",
+    "agent_heartbeat",
     "counters",
     "events",
     // The ciphertext strategy's state: a restarted agent keeps patching
@@ -276,6 +278,9 @@ fn run(
     events: EventSender,
     ready: std_mpsc::Sender<Result<(), LoaderError>>,
 ) {
+    if config.persist {
+        held::take_over(&config.pin_dir);
+    }
     let mut object = MaybeUninit::uninit();
     let mut loaded = match load(&config, &mut object) {
         Ok(loaded) => loaded,
@@ -326,6 +331,7 @@ fn run(
             return;
         }
     };
+    loaded.heartbeat(held::boot_time_ns());
     let _ = ready.send(Ok(()));
     info!(rewrite = config.rewrite, pin_dir = %config.pin_dir.display(), "data plane loaded");
     loop {
@@ -336,6 +342,7 @@ fn run(
                     warn!(%err, "ring buffer consume failed");
                 }
                 loaded.release_retired();
+                loaded.heartbeat(held::boot_time_ns());
             }
             Err(err) => warn!(%err, "waiting for the ring buffer failed"),
         }
@@ -953,7 +960,20 @@ impl Loaded<'_> {
             .collect()
     }
 
+    /// Execs are held only while this is recent (`agent_alive` in the kernel);
+    /// 0 says the agent stopped on purpose.
+    fn heartbeat(&self, boot_ns: u64) {
+        if let Err(err) = self.skel.maps.agent_heartbeat.update(
+            &0u32.to_ne_bytes(),
+            &boot_ns.to_ne_bytes(),
+            MapFlags::ANY,
+        ) {
+            warn!(%err, "cannot update the agent heartbeat");
+        }
+    }
+
     fn teardown(&mut self, config: &LoaderConfig) {
+        self.heartbeat(0);
         // Pinned links stay attached when this process exits; the rest detach here.
         self.links.release();
         if !config.persist {

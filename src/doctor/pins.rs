@@ -19,6 +19,7 @@ const CTR_CT_SEGMENTS: u32 = kloak_counter::KLOAK_CTR_CT_SEGMENTS.0;
 const CTR_CT_RETRANSMITS: u32 = kloak_counter::KLOAK_CTR_CT_RETRANSMITS.0;
 const CTR_CT_FAILED: u32 = kloak_counter::KLOAK_CTR_CT_FAILED.0;
 const CTR_CT_VALUE_GONE: u32 = kloak_counter::KLOAK_CTR_CT_VALUE_GONE.0;
+const CTR_HOLD_NO_AGENT: u32 = kloak_counter::KLOAK_CTR_HOLD_NO_AGENT.0;
 /// The counter of reason `r` is at this index plus `r`.
 const CTR_BLOCKED_BASE: u32 = kloak_counter::KLOAK_CTR_BLOCKED_BASE.0;
 const CTR_MAX: u32 = kloak_counter::KLOAK_CTR_MAX.0;
@@ -147,6 +148,15 @@ pub fn decisions_check(instance: &str, counters: &[u64]) -> Check {
             "a value was released while records bound to it were in flight (the retired map was \
              full, or an agent without it ran): those records reached the peer with a broken tag; \
              report it with `kloak doctor --json`",
+        )
+    } else if counter(CTR_HOLD_NO_AGENT) > 0 {
+        Check::warn(
+            name,
+            format!(
+                "{rewritten}; {} executables started while no agent was alive",
+                counter(CTR_HOLD_NO_AGENT)
+            ),
+            "they were not stopped at exec (nobody would have resumed them), so a file kloak had              not hooked yet ran unhooked and its placeholders went out unchanged until the agent              hooked it: keep the agent running (its restarts and crash loops show in its logs)",
         )
     } else if blocked.is_empty() {
         Check::ok(name, format!("{rewritten}, blocked 0"))
@@ -319,6 +329,13 @@ mod tests {
             Verdict::Fail
         );
         counters[CTR_CT_VALUE_GONE as usize] = 0;
+        counters[CTR_BLOCKED_BASE as usize + 1] = 0;
+        counters[CTR_HOLD_NO_AGENT as usize] = 2;
+        let check = decisions_check("controller", &counters);
+        assert_eq!(check.verdict, Verdict::Warn);
+        assert!(check
+            .detail
+            .contains("2 executables started while no agent was alive"));
         counters[CTR_CT_FAILED as usize] = 1;
         assert_eq!(
             decisions_check("controller", &counters).verdict,

@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use libbpf_rs::{MapCore, MapFlags, MapHandle, TcHookBuilder, TC_EGRESS, TC_INGRESS};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use crate::cli::RunGuardArgs;
+use crate::dataplane::held;
 use crate::dataplane::retire::has_live_patch;
 
 /// The line a clean exit writes before closing the pipe.
@@ -127,18 +126,7 @@ fn resume_held(held_pin: &Path) -> usize {
     let until = Instant::now() + RESUME_WINDOW;
     let mut resumed = 0;
     while Instant::now() < until {
-        for key in held.keys() {
-            let Some(pid) = key.as_slice().try_into().ok().map(u32::from_ne_bytes) else {
-                continue;
-            };
-            // A process that is gone needs nothing; its record goes all the same.
-            if let Ok(pid) = i32::try_from(pid) {
-                if kill(Pid::from_raw(pid), Signal::SIGCONT).is_ok() {
-                    resumed += 1;
-                }
-            }
-            let _ = held.delete(&key);
-        }
+        resumed += held::resume_pinned(&held).len();
         std::thread::sleep(POLL);
     }
     resumed
