@@ -6,6 +6,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::dataplane::RewriteStrategy;
 
+/// Where inspections are kept: root's alone (offsets in it become probe addresses).
+const INSPECTION_CACHE: &str = "/var/lib/kloak/inspections.jsonl";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kloak",
@@ -118,6 +121,10 @@ pub struct ControllerArgs {
     /// Where maps and links are pinned so a restart adopts them.
     #[arg(long, default_value = "/sys/fs/bpf/kloak/controller")]
     pub pin_dir: PathBuf,
+    /// What inspecting each executable and library found, kept across restarts (a file
+    /// known by identity is not read again while its process is held at exec).
+    #[arg(long, default_value = INSPECTION_CACHE)]
+    pub inspection_cache: PathBuf,
     /// Seconds a replaced placeholder keeps working (until the kubelet refreshes mounted shadows).
     #[arg(long, default_value_t = 600)]
     pub grace_seconds: u64,
@@ -203,6 +210,10 @@ pub struct RunArgs {
     /// The command gets the placeholder in env var NAME and in $KLOAK_SECRETS_DIR/NAME.
     #[arg(long = "secret", value_name = "NAME[=@FILE|=env:VAR]")]
     pub secrets: Vec<String>,
+    /// What inspecting each executable and library found, shared with later runs and the
+    /// node agent (a file known by identity is not read again).
+    #[arg(long, default_value = INSPECTION_CACHE)]
+    pub inspection_cache: PathBuf,
     /// Host the --secret values may be sent to: name, *.suffix or IP (repeatable; none = any host).
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,

@@ -94,6 +94,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
     if !layout.supports_binding() {
         error!("cgroup v1 only: containers cannot be told apart, so no pod on this node gets rewrites (fail closed); boot with cgroup v2");
     }
+    crate::dataplane::hooking::persist_inspections(&args.inspection_cache);
     let (dataplane, mut events) = DataPlane::start(LoaderConfig::for_kernel(
         args.pin_dir.clone(),
         true,
@@ -192,6 +193,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<u8> {
     node.agent.into_sink().shutdown();
     if node.uninstalling {
         remove_pins(&args.pin_dir);
+        remove_file(&args.inspection_cache);
     }
     result.map(|()| 0)
 }
@@ -205,6 +207,14 @@ fn remove_pins(pin_dir: &Path) {
         Err(err) => {
             error!(pin_dir = %pin_dir.display(), %err, "cannot remove pinned maps and links")
         }
+    }
+}
+
+fn remove_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => info!(path = %path.display(), "removed"),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => warn!(path = %path.display(), %err, "cannot remove"),
     }
 }
 

@@ -3,16 +3,16 @@
 //! Inspection reads whole executables (hundreds of megabytes for a Bun
 //! single-file program) while a process may be held at exec: it runs on the
 //! blocking pool, never on the async workers, and each file is inspected once
-//! per identity (device, inode, size, modification time).
+//! per identity (device, inode, size, modification and change times), across
+//! restarts when the caller persists inspections (`inspection_cache`).
 
-use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use tracing::{debug, warn};
 
 use super::held;
+use super::inspection_cache::{self, FileStamp, InspectionCache};
 use super::loader::DataPlane;
 use super::targets::{self, FileId, TlsTarget};
 
@@ -24,34 +24,26 @@ pub struct Hooked {
     pub probes: usize,
 }
 
-/// A file's identity and version: a file replaced in place is inspected again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FileStamp {
-    id: FileId,
-    size: u64,
-    mtime_ns: i128,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> std::io::Result<Self> {
-        let meta = std::fs::metadata(path)?;
-        Ok(Self {
-            id: FileId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        })
-    }
-}
-
-/// Files inspected, with what was found; bounded, cleared when full.
-const CACHE_CAPACITY: usize = 4096;
-
-fn cache() -> &'static Mutex<HashMap<FileStamp, Option<TlsTarget>>> {
-    static CACHE: OnceLock<Mutex<HashMap<FileStamp, Option<TlsTarget>>>> = OnceLock::new();
+fn cache() -> &'static Mutex<InspectionCache> {
+    static CACHE: OnceLock<Mutex<InspectionCache>> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
+}
+
+/// Keeps inspections in `path` from now on, and takes what it holds: a restart
+/// (or the next `kloak run`) does not inspect a known file again. Without it,
+/// inspections are remembered for this process's life only.
+pub fn persist_inspections(path: &Path) {
+    match InspectionCache::open(path, inspection_cache::this_build()) {
+        Ok(opened) => {
+            if let Ok(mut cache) = cache().lock() {
+                *cache = opened;
+            }
+        }
+        Err(err) => warn!(
+            %err,
+            "inspections are not kept across restarts: files are inspected again after one"
+        ),
+    }
 }
 
 /// What a file has to hook, from the cache or from an inspection on the blocking pool.
@@ -59,6 +51,7 @@ async fn inspect(path: &Path, stamp: FileStamp) -> Option<TlsTarget> {
     if let Some(found) = cache().lock().ok().and_then(|c| c.get(&stamp).cloned()) {
         return found;
     }
+    let started = std::time::Instant::now();
     let owned: PathBuf = path.to_path_buf();
     let inspected = tokio::task::spawn_blocking(move || targets::inspect(&owned)).await;
     let found = match inspected {
@@ -81,10 +74,8 @@ async fn inspect(path: &Path, stamp: FileStamp) -> Option<TlsTarget> {
             return None;
         }
     };
+    debug!(path = %path.display(), ms = started.elapsed().as_millis() as u64, "inspected");
     if let Ok(mut cache) = cache().lock() {
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
-        }
         cache.insert(stamp, found.clone());
     }
     found

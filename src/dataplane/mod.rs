@@ -7,6 +7,7 @@ pub mod events;
 pub mod gcm;
 pub mod held;
 pub mod hooking;
+pub mod inspection_cache;
 pub mod links;
 pub mod loader;
 pub mod maps;

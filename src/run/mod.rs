@@ -95,6 +95,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     let pin_dir = Path::new(PIN_ROOT).join(&instance);
     let tc_handle = RUN_TC_HANDLE_BASE | (std::process::id() & 0x00ff_ffff);
+    hooking::persist_inspections(&args.inspection_cache);
     let (dataplane, mut events) = DataPlane::start(LoaderConfig::for_kernel(
         pin_dir.clone(),
         false,

@@ -37,7 +37,7 @@ pub use runtime::{openssl_version, runtimes_in, FileRole, Runtime, RuntimeKind, 
 pub(crate) use go::tests::go_builds as go_test_binaries;
 
 /// A function (or data object) located in an ELF file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Symbol {
     /// Link-time virtual address (`st_value`).
     pub vaddr: u64,
@@ -49,7 +49,7 @@ pub struct Symbol {
 
 /// Which TLS library a file carries, guessed from marker symbols. Only used
 /// for logs and for choosing argument layouts that differ between flavours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum SslFlavour {
     OpenSsl3,
     OpenSsl11,
@@ -57,7 +57,7 @@ pub enum SslFlavour {
     Unknown,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenSslTarget {
     pub ssl_write: Symbol,
     pub ssl_write_ex: Option<Symbol>,
@@ -82,7 +82,7 @@ pub struct OpenSslTarget {
 
 /// `EVP_CipherInit_ex`, through which OpenSSL 1.1 and 3.x set every TLS
 /// record key: the ciphertext strategy derives the GHASH key there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyHook {
     pub path: PathBuf,
     pub cipher_init: Symbol,
@@ -90,7 +90,7 @@ pub struct KeyHook {
 
 /// The crypto/tls functions that link a TLS 1.3 write key to its `*tls.Conn`
 /// through arguments alone (bpf/gotls.bpf.h tells how).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GoKeyCapture {
     /// `crypto/tls.(*Conn).handshakeContext` ...
     pub handshake: Symbol,
@@ -104,7 +104,7 @@ pub struct GoKeyCapture {
     pub aead_tls13: Symbol,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GoTarget {
     /// `crypto/tls.(*Conn).Write`.
     pub write: Symbol,
@@ -127,7 +127,7 @@ pub struct GoTarget {
     pub is_pie: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 // One value per inspected file, short-lived: boxing would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum TlsTarget {
@@ -136,7 +136,9 @@ pub enum TlsTarget {
 }
 
 /// Identity of a file for "attach once per file" bookkeeping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
