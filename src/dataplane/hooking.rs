@@ -6,6 +6,7 @@
 //! per identity (device, inode, size, modification and change times), across
 //! restarts when the caller persists inspections (`inspection_cache`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -14,7 +15,7 @@ use tracing::{debug, warn};
 use super::held;
 use super::inspection_cache::{self, FileStamp, InspectionCache};
 use super::loader::DataPlane;
-use super::targets::{self, FileId, TlsTarget};
+use super::targets::{self, FileId, Inspection, TlsTarget};
 
 /// A file looked at: its identity and the probes now attached to it (0 when
 /// it has no TLS to hook or cannot be hooked).
@@ -47,23 +48,48 @@ pub fn persist_inspections(path: &Path) {
 }
 
 /// What a file has to hook, from the cache or from an inspection on the blocking pool.
+/// The TLS stacks in it that cannot be hooked are named in a warning, once per
+/// file in this process's life, whether the inspection is new or remembered.
 async fn inspect(path: &Path, stamp: FileStamp) -> Option<TlsTarget> {
-    if let Some(found) = cache().lock().ok().and_then(|c| c.get(&stamp).cloned()) {
-        return found;
+    let cached = cache().lock().ok().and_then(|c| c.get(&stamp).cloned());
+    let inspection = match cached {
+        Some(inspection) => inspection,
+        None => inspect_anew(path, stamp).await?,
+    };
+    if !inspection.unhooked.is_empty() && first_telling(stamp) {
+        for runtime in &inspection.unhooked {
+            let stack = runtime.kind.as_str();
+            let version = runtime.version.as_deref().unwrap_or("unknown version");
+            let reason = runtime.unhookable.as_deref().unwrap_or_default();
+            warn!(
+                path = %path.display(),
+                stack,
+                version,
+                reason,
+                "NOT HOOKED: {} uses {stack} ({version}), which kloak cannot hook; its \
+                 placeholders go out unchanged: {reason}",
+                path.display()
+            );
+        }
     }
+    inspection.target
+}
+
+/// True the first time a file is to be named as not hooked.
+fn first_telling(stamp: FileStamp) -> bool {
+    static TOLD: OnceLock<Mutex<HashSet<FileStamp>>> = OnceLock::new();
+    TOLD.get_or_init(Mutex::default)
+        .lock()
+        .map(|mut told| told.insert(stamp))
+        .unwrap_or(true)
+}
+
+async fn inspect_anew(path: &Path, stamp: FileStamp) -> Option<Inspection> {
     let started = std::time::Instant::now();
     let owned: PathBuf = path.to_path_buf();
-    let inspected = tokio::task::spawn_blocking(move || targets::inspect(&owned)).await;
-    let found = match inspected {
-        Ok(Ok(Some(target))) => Some(target),
-        Ok(Ok(None)) => {
-            debug!(path = %path.display(), "no TLS to hook");
-            None
-        }
-        Ok(Err(err)) if err.is_unsupported() => {
-            warn!(%err, "not hooked");
-            None
-        }
+    let inspected = tokio::task::spawn_blocking(move || targets::inspect_fully(&owned)).await;
+    let inspection = match inspected {
+        Ok(Ok(inspection)) => inspection,
         Ok(Err(err)) => {
             // Not cached: a read error may pass.
             warn!(%err, "cannot inspect");
@@ -74,11 +100,17 @@ async fn inspect(path: &Path, stamp: FileStamp) -> Option<TlsTarget> {
             return None;
         }
     };
-    debug!(path = %path.display(), ms = started.elapsed().as_millis() as u64, "inspected");
+    debug!(
+        path = %path.display(),
+        ms = started.elapsed().as_millis() as u64,
+        hooked = inspection.target.is_some(),
+        unhooked = inspection.unhooked.len(),
+        "inspected"
+    );
     if let Ok(mut cache) = cache().lock() {
-        cache.insert(stamp, found.clone());
+        cache.insert(stamp, inspection.clone());
     }
-    found
+    Some(inspection)
 }
 
 /// Hooks one file when it has TLS to hook, and marks it inspected either way

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use super::targets::{FileId, TlsTarget};
+use super::targets::{FileId, Inspection};
 
 /// Entries kept in memory and on disk; the oldest half goes when full.
 pub const CAPACITY: usize = 4096;
@@ -66,13 +66,13 @@ pub enum CacheError {
 struct Line {
     inspector: String,
     stamp: FileStamp,
-    target: Option<TlsTarget>,
+    inspection: Inspection,
 }
 
 /// The inspections this process knows, and where new ones are recorded.
 #[derive(Default)]
 pub struct InspectionCache {
-    entries: HashMap<FileStamp, (u64, Option<TlsTarget>)>,
+    entries: HashMap<FileStamp, (u64, Inspection)>,
     /// Insertion order, for evicting the oldest.
     next: u64,
     store: Option<Store>,
@@ -116,7 +116,7 @@ impl InspectionCache {
             lines += 1;
             match serde_json::from_str::<Line>(&line) {
                 Ok(entry) if entry.inspector == inspector => {
-                    cache.remember(entry.stamp, entry.target)
+                    cache.remember(entry.stamp, entry.inspection)
                 }
                 Ok(_) => foreign += 1,
                 // A line cut short by a crash mid-append: the file is inspected again.
@@ -140,18 +140,18 @@ impl InspectionCache {
         Ok(cache)
     }
 
-    pub fn get(&self, stamp: &FileStamp) -> Option<&Option<TlsTarget>> {
-        self.entries.get(stamp).map(|(_, target)| target)
+    pub fn get(&self, stamp: &FileStamp) -> Option<&Inspection> {
+        self.entries.get(stamp).map(|(_, inspection)| inspection)
     }
 
     /// Records an inspection (in memory, and on disk when the cache has a file).
-    pub fn insert(&mut self, stamp: FileStamp, target: Option<TlsTarget>) {
+    pub fn insert(&mut self, stamp: FileStamp, inspection: Inspection) {
         if let Some(store) = &mut self.store {
-            if let Err(err) = store.append(&stamp, &target) {
+            if let Err(err) = store.append(&stamp, &inspection) {
                 warn!(%err, "inspection not recorded on disk; it is redone after a restart");
             }
         }
-        self.remember(stamp, target);
+        self.remember(stamp, inspection);
         let due = self
             .store
             .as_ref()
@@ -161,7 +161,7 @@ impl InspectionCache {
         }
     }
 
-    fn remember(&mut self, stamp: FileStamp, target: Option<TlsTarget>) {
+    fn remember(&mut self, stamp: FileStamp, inspection: Inspection) {
         // A file's identity moved on (same inode, new version): the old entry is dead.
         self.entries.retain(|old, _| old.id != stamp.id);
         if self.entries.len() >= CAPACITY {
@@ -170,7 +170,7 @@ impl InspectionCache {
             let cutoff = ages[ages.len() / 2];
             self.entries.retain(|_, (age, _)| *age > cutoff);
         }
-        self.entries.insert(stamp, (self.next, target));
+        self.entries.insert(stamp, (self.next, inspection));
         self.next += 1;
     }
 
@@ -188,8 +188,8 @@ impl InspectionCache {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            for (stamp, (_, target)) in &live {
-                writeln!(out, "{}", store.line(stamp, target)?)?;
+            for (stamp, (_, inspection)) in &live {
+                writeln!(out, "{}", store.line(stamp, inspection)?)?;
             }
             out.sync_all()?;
             fs::rename(&tmp, &store.path)
@@ -205,16 +205,16 @@ impl InspectionCache {
 }
 
 impl Store {
-    fn line(&self, stamp: &FileStamp, target: &Option<TlsTarget>) -> std::io::Result<String> {
+    fn line(&self, stamp: &FileStamp, inspection: &Inspection) -> std::io::Result<String> {
         Ok(serde_json::to_string(&Line {
             inspector: self.inspector.clone(),
             stamp: *stamp,
-            target: target.clone(),
+            inspection: inspection.clone(),
         })?)
     }
 
-    fn append(&mut self, stamp: &FileStamp, target: &Option<TlsTarget>) -> std::io::Result<()> {
-        let mut line = self.line(stamp, target)?;
+    fn append(&mut self, stamp: &FileStamp, inspection: &Inspection) -> std::io::Result<()> {
+        let mut line = self.line(stamp, inspection)?;
         line.push('\n');
         // One write per line: concurrent appenders (the agent, `kloak run`s) never interleave.
         let mut file = OpenOptions::new().append(true).open(&self.path)?;
@@ -275,7 +275,9 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::dataplane::targets::{OpenSslTarget, SslFlavour, Symbol};
+    use crate::dataplane::targets::{
+        OpenSslTarget, Runtime, RuntimeKind, SslFlavour, Symbol, TlsTarget, RUSTLS_REASON,
+    };
 
     fn read_lines(path: &Path) -> Vec<String> {
         BufReader::new(fs::File::open(path).expect("open"))
@@ -290,6 +292,26 @@ mod tests {
             size,
             mtime_ns: 5,
             ctime_ns: 6,
+        }
+    }
+
+    fn hooked() -> Inspection {
+        Inspection {
+            target: Some(target()),
+            unhooked: Vec::new(),
+        }
+    }
+
+    fn rustls_only() -> Inspection {
+        Inspection {
+            target: None,
+            unhooked: vec![Runtime {
+                kind: RuntimeKind::Rustls,
+                flavour: None,
+                version: Some("0.23.46".into()),
+                stripped: true,
+                unhookable: Some(RUSTLS_REASON.into()),
+            }],
         }
     }
 
@@ -351,7 +373,7 @@ mod tests {
         let dir = private_dir();
         let path = dir.path().join("inspections.jsonl");
         let mut old = InspectionCache::open(&path, "build-a".into()).expect("open");
-        old.insert(stamp(10, 100), Some(target()));
+        old.insert(stamp(10, 100), hooked());
         drop(old);
         let new = InspectionCache::open(&path, "build-b".into()).expect("reopen");
         assert_eq!(new.get(&stamp(10, 100)), None);
@@ -366,14 +388,14 @@ mod tests {
         let dir = private_dir();
         let path = dir.path().join("inspections.jsonl");
         let mut cache = InspectionCache::open(&path, "b".into()).expect("open");
-        cache.insert(stamp(10, 100), Some(target()));
+        cache.insert(stamp(10, 100), hooked());
         drop(cache);
         let mut file = OpenOptions::new().append(true).open(&path).expect("append");
         file.write_all(b"{\"inspector\":\"b\",\"sta")
             .expect("write");
         drop(file);
         let cache = InspectionCache::open(&path, "b".into()).expect("reopen");
-        assert_eq!(cache.get(&stamp(10, 100)), Some(&Some(target())));
+        assert_eq!(cache.get(&stamp(10, 100)), Some(&hooked()));
     }
 
     #[test]
@@ -392,9 +414,9 @@ mod tests {
     fn a_full_cache_drops_its_oldest_half() {
         let mut cache = InspectionCache::default();
         for ino in 0..CAPACITY as u64 {
-            cache.insert(stamp(ino, 1), None);
+            cache.insert(stamp(ino, 1), Inspection::default());
         }
-        cache.insert(stamp(CAPACITY as u64, 1), None);
+        cache.insert(stamp(CAPACITY as u64, 1), Inspection::default());
         assert!(cache.get(&stamp(0, 1)).is_none(), "the oldest went");
         assert!(cache.get(&stamp(CAPACITY as u64, 1)).is_some());
         assert!(cache.entries.len() <= CAPACITY / 2 + 1);
@@ -403,8 +425,8 @@ mod tests {
     #[test]
     fn a_new_version_of_a_file_replaces_its_entry() {
         let mut cache = InspectionCache::default();
-        cache.insert(stamp(7, 1), Some(target()));
-        cache.insert(stamp(7, 2), None);
+        cache.insert(stamp(7, 1), hooked());
+        cache.insert(stamp(7, 2), Inspection::default());
         assert_eq!(cache.get(&stamp(7, 1)), None);
         assert_eq!(cache.entries.len(), 1);
     }

@@ -276,6 +276,16 @@ grep -q 'kloak:' <<<"$other" && ! grep -qF "$SECRET" <<<"$other" && pass "h2: an
 grep -q '"reason":"host_not_allowed".*"encoding":"hpack_huffman"\|"encoding":"hpack_huffman".*"reason":"host_not_allowed"' "$WORK/h2.events" \
   && pass "h2: event host_not_allowed for the Huffman-coded placeholder" || fail h2 "no hpack_huffman host_not_allowed event"
 
+# 11b: never silent. A TLS stack kloak cannot hook (rustls: kloak's own binary is a rustls program)
+# is named in a warning with its file, stack and reason, at the command's start and at a later exec.
+run_allowed unhooked sh -c '"$0" --version; echo done' "$KLOAK"
+warned=$(grep -a 'WARN' "$WORK/unhooked.log" | grep -a 'NOT HOOKED' | grep -a 'rustls')
+if grep -qF "$(basename "$KLOAK")" <<<"$warned" && grep -q 'stack=rustls\|stack="rustls"' <<<"$warned"; then
+  pass "unhooked: rustls named in a warning (file, stack, reason)"
+else
+  fail unhooked "no warning naming the rustls program: $(grep -a 'NOT HOOKED\|no TLS' "$WORK/unhooked.log" | tail -2)"
+fi
+
 # 12: S1, the real value never appears in any log line (trace level), event or output.
 if grep -rlF "$SECRET" "$WORK"/*.log "$WORK"/*.out "$WORK"/*.events 2>/dev/null; then
   fail no-leak "the real value appears in the files above"

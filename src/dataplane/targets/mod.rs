@@ -226,6 +226,35 @@ impl TargetError {
     }
 }
 
+/// A file's inspection: what kloak hooks in it, and every TLS stack in it
+/// that kloak cannot hook (rustls, a Bun or Go build it cannot read), so that
+/// nothing a protected process runs goes unprotected silently.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Inspection {
+    pub target: Option<TlsTarget>,
+    pub unhooked: Vec<Runtime>,
+}
+
+/// [`inspect`], plus the TLS stacks left unhooked; the file is read once.
+pub fn inspect_fully(path: &Path) -> Result<Inspection, TargetError> {
+    let data = std::fs::read(path).map_err(|source| TargetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let target = match inspect_bytes(path, &data) {
+        Ok(target) => target,
+        // Named below, with its reason, among the unhooked stacks.
+        Err(err) if err.is_unsupported() => None,
+        Err(err) => return Err(err),
+    };
+    // The role only tells shared from static OpenSSL apart, and those are hooked.
+    let unhooked = runtimes_in(path, &data, FileRole::Executable)?
+        .into_iter()
+        .filter(|runtime| runtime.unhookable.is_some())
+        .collect();
+    Ok(Inspection { target, unhooked })
+}
+
 /// Decides whether the ELF file at `path` can be hooked and where.
 ///
 /// Returns `Ok(None)` for anything that is not a 64-bit ELF executable or

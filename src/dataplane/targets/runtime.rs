@@ -20,7 +20,9 @@ pub enum FileRole {
     Library,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum RuntimeKind {
     /// OpenSSL or BoringSSL as a shared `libssl` (curl, Python, Ruby, ...).
     SharedLibssl,
@@ -48,7 +50,7 @@ impl RuntimeKind {
 }
 
 /// One TLS implementation found in a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Runtime {
     pub kind: RuntimeKind,
     /// OpenSSL-compatible libraries only.
