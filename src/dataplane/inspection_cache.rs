@@ -348,15 +348,21 @@ mod tests {
         let dir = private_dir();
         let path = dir.path().join("cache/inspections.jsonl");
         let mut first = InspectionCache::open(&path, "build-a".into()).expect("open");
-        first.insert(stamp(10, 100), Some(target()));
-        first.insert(stamp(11, 100), None);
+        first.insert(stamp(10, 100), hooked());
+        first.insert(stamp(11, 100), rustls_only());
+        first.insert(stamp(12, 100), Inspection::default());
         drop(first);
 
         let again = InspectionCache::open(&path, "build-a".into()).expect("reopen");
-        assert_eq!(again.get(&stamp(10, 100)), Some(&Some(target())));
+        assert_eq!(again.get(&stamp(10, 100)), Some(&hooked()));
         assert_eq!(
             again.get(&stamp(11, 100)),
-            Some(&None),
+            Some(&rustls_only()),
+            "what cannot be hooked is remembered, so it is still named after a restart"
+        );
+        assert_eq!(
+            again.get(&stamp(12, 100)),
+            Some(&Inspection::default()),
             "no TLS is an answer too"
         );
         assert_eq!(
