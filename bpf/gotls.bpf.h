@@ -23,7 +23,8 @@
 #ifndef KLOAK_GOTLS_BPF_H
 #define KLOAK_GOTLS_BPF_H
 
-#include "cipher.bpf.h"
+#include "cipher_keys.bpf.h"
+#include "cipher_bind.bpf.h"
 
 /* TLS 1.3 cipher suite ids (RFC 8446, B.4). */
 #define TLS_AES_128_GCM_SHA256 0x1301

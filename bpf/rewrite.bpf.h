@@ -384,7 +384,7 @@ static __always_inline __u32 choose_strategy(struct write_ctx *c, const bool can
 	return 0;
 }
 
-/* Queues an allowed placeholder for the records this write produces (cipher.bpf.h). */
+/* Queues an allowed placeholder for the records this write produces (cipher_bind.bpf.h). */
 static __always_inline void ct_queue(struct write_ctx *c, struct kloak_secret *secret,
 				     struct kloak_secret_key *key, __u32 p)
 {
