@@ -8,6 +8,8 @@
 #ifndef KLOAK_CONN_BPF_H
 #define KLOAK_CONN_BPF_H
 
+#include "conn_maps.h"
+
 #define TLS_HANDSHAKE 0x16
 #define TLS_CLIENT_HELLO 0x01
 #define TLS_EXT_SERVER_NAME 0

@@ -16,6 +16,7 @@
 #define KLOAK_HPACK_BPF_H
 
 #include "hpack_tables.h"
+#include "rewrite_maps.h"
 
 #define H2_PREFACE_LEN 24
 #define H2_FRAME_HEADER 9

@@ -7,6 +7,7 @@
 #include <bpf/bpf_endian.h>
 #include "kloak.h"
 #include "maps.bpf.h"
+#include "exec_maps.h"
 #include "common.bpf.h"
 #include "sock.bpf.h"
 #include "names.bpf.h"

@@ -12,6 +12,8 @@
 #ifndef KLOAK_REWRITE_BPF_H
 #define KLOAK_REWRITE_BPF_H
 
+#include "rewrite_maps.h"
+
 #define K8 0x6b6b6b6b6b6b6b6bULL     /* "kkkkkkkk" */
 #define LOW_BITS 0x0101010101010101ULL
 #define HIGH_BITS 0x8080808080808080ULL
