@@ -12,6 +12,7 @@
 #include "kloak.h"
 #include "maps.bpf.h"
 #include "common.bpf.h"
+#include "events.bpf.h"
 #include "sock.bpf.h"
 #include "gcm.bpf.h"
 #include "cipher_maps.h"
@@ -71,12 +72,9 @@ static __always_inline void ct_event(struct kloak_ct_write *w, struct kloak_ct_i
 	e->offset = item->pt_off;
 	e->fd = w->fd;
 	e->strategy = KLOAK_STRATEGY_CIPHERTEXT;
-	if (peer) {
-		e->addr = peer->addr;
-		e->port = peer->port;
-		e->family = peer->family;
-	}
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	if (peer)
+		event_set_peer(e, *peer);
+	event_submit(e);
 }
 
 struct done_loop {

@@ -26,12 +26,9 @@ static __always_inline void conn_event(__u64 cgroup_id, __u32 hook, int fd)
 		return;
 	event_set_task(e, cgroup_id);
 	e->fd = fd;
-	if (peer_of_fd(fd, &p)) {
-		e->addr = p.addr;
-		e->port = p.port;
-		e->family = p.family;
-	}
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	if (peer_of_fd(fd, &p))
+		event_set_peer(e, p);
+	event_submit(e);
 }
 
 /* Records that tls_ptr writes to fd; a changed fd forgets the old server name. */

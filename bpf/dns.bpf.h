@@ -102,7 +102,7 @@ static __always_inline void dns_event(struct dns_ctx *d, __u32 kind, __u32 reaso
 	e->family = d->family;
 	if (addr)
 		__builtin_memcpy(&e->addr, addr, sizeof(e->addr));
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	event_submit(e);
 }
 
 /* One byte of the question name: label lengths become dots, letters lower case. */
@@ -315,7 +315,7 @@ int handle_dns_egress(struct __sk_buff *skb)
 			e->port = v.dport;
 			e->family = v.family;
 			__builtin_memcpy(&e->addr, &v.dst, sizeof(e->addr));
-			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+			event_submit(e);
 		}
 		return 0;
 	}

@@ -10,6 +10,7 @@
 #include "exec_maps.h"
 #include "common.bpf.h"
 #include "sock.bpf.h"
+#include "events.bpf.h"
 #include "names.bpf.h"
 #include "dns.bpf.h"
 #include "cipher_maps.h"

@@ -292,12 +292,9 @@ static __always_inline void tls_event(struct write_ctx *c, __u32 kind, __u32 rea
 	e->encoding = encoding;
 	e->strategy = kind == KLOAK_EVENT_TLS_REWRITTEN ? KLOAK_STRATEGY_IN_PLACE : 0;
 	e->fd = c->fd;
-	if (c->peer_state == 1) {
-		e->addr = c->peer.addr;
-		e->port = c->peer.port;
-		e->family = c->peer.family;
-	}
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	if (c->peer_state == 1)
+		event_set_peer(e, c->peer);
+	event_submit(e);
 }
 
 static __always_inline void blocked_as(struct write_ctx *c, __u32 reason, struct kloak_secret *secret,
@@ -573,7 +570,7 @@ static __always_inline void restore_failed(struct kloak_secret *secret)
 	event_set_task(e, 0);
 	e->reason = KLOAK_REASON_RESTORE_FAILED;
 	e->secret_id = secret ? secret->id : 0;
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	event_submit(e);
 }
 
 static long restore_step(__u64 index, void *data)
