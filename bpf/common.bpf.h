@@ -3,6 +3,9 @@
 #ifndef KLOAK_COMMON_BPF_H
 #define KLOAK_COMMON_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
+
 #define AF_INET 2
 #define AF_INET6 10
 #define S_IFMT 00170000

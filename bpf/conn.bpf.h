@@ -8,7 +8,16 @@
 #ifndef KLOAK_CONN_BPF_H
 #define KLOAK_CONN_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
 #include "conn_maps.h"
+#include "common.bpf.h"
+#include "events.bpf.h"
+#include "sock.bpf.h"
+#include "names_maps.h"
+#include "names.bpf.h"
+#include "cipher_bind.bpf.h"
+#include "gotls.bpf.h"
 
 #define TLS_HANDSHAKE 0x16
 #define TLS_CLIENT_HELLO 0x01

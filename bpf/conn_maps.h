@@ -3,8 +3,6 @@
 #ifndef KLOAK_CONN_MAPS_H
 #define KLOAK_CONN_MAPS_H
 
-#include "kloak.h"
-
 /*
  * Memory-BIO runtimes (Node.js, Python asyncio) encrypt into a buffer and
  * send it after the TLS call returns: the TLS object a thread last used

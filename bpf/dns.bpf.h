@@ -9,7 +9,12 @@
 #define KLOAK_DNS_BPF_H
 
 #include "kloak.h"
+#include "maps.bpf.h"
 #include "dns_maps.h"
+#include "common.bpf.h"
+#include "events.bpf.h"
+#include "names_maps.h"
+#include "names.bpf.h"
 
 #define DNS_PORT 53
 #define DNS_HDR_LEN 12

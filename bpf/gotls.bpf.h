@@ -23,7 +23,11 @@
 #ifndef KLOAK_GOTLS_BPF_H
 #define KLOAK_GOTLS_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "common.bpf.h"
 #include "gotls_maps.h"
+#include "cipher_maps.h"
 #include "cipher_keys.bpf.h"
 #include "cipher_bind.bpf.h"
 

@@ -19,7 +19,6 @@
 #include "maps.bpf.h"
 #include "rewrite_maps.h"
 #include "common.bpf.h"
-#include "events.bpf.h"
 #include "candidate.bpf.h"
 #include "hpack_tables.h"
 

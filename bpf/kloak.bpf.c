@@ -1,5 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
-/* The kloak data plane: TLS write hooks, connection attribution, DNS capture. */
+/*
+ * The kloak data plane: TLS write hooks, connection attribution, DNS capture. Its stages (bpf/; maps in *_maps.h):
+ * dns, names (S3) -> conn (S2) -> write hooks, exec hold (here) -> candidate, hpack -> rewrite in place (S5), or
+ *   cipher_keys, gotls (keys) -> cipher_bind (records) -> tc (packets); events.bpf.h emits, cipher_selftest at load.
+ */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -21,6 +25,7 @@
 #include "gotls.bpf.h"
 #include "tc.bpf.h"
 #include "conn.bpf.h"
+#include "candidate.bpf.h"
 #include "rewrite.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";

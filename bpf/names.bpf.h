@@ -5,6 +5,7 @@
 
 #include "kloak.h"
 #include "names_maps.h"
+#include "common.bpf.h"
 
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL

@@ -15,6 +15,10 @@
 #ifndef KLOAK_TC_BPF_H
 #define KLOAK_TC_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "common.bpf.h"
+#include "cipher_maps.h"
 #include "tc_maps.h"
 
 #define TC_ACT_UNSPEC (-1)            /* no verdict: the next filter (a CNI's, say) still runs */

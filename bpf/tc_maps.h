@@ -3,8 +3,6 @@
 #ifndef KLOAK_TC_MAPS_H
 #define KLOAK_TC_MAPS_H
 
-#include "kloak.h"
-
 #define PATCH_CHUNK 64
 
 struct patch_bufs {
