@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
-/* Counters, events and the enabled-cgroup filter used by every program. */
+/* Counters, connection keys and the enabled-cgroup filter used by every program (events: events.bpf.h). */
 #ifndef KLOAK_COMMON_BPF_H
 #define KLOAK_COMMON_BPF_H
+
+#include "kloak.h"
+#include "maps.bpf.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -55,38 +58,6 @@ static __always_inline __u64 enabled_cgroup(void)
 	__u64 id = bpf_get_current_cgroup_id();
 
 	return bpf_map_lookup_elem(&cgroups, &id) ? id : 0;
-}
-
-/*
- * A zeroed event for the current task, or NULL when the ring buffer is full.
- * Events are submitted without a wakeup (BPF_RB_NO_WAKEUP): waking the reader
- * costs the writing thread an interrupt per decision, while the loader polls
- * every 50 ms anyway.
- */
-static __always_inline struct kloak_event *event_reserve(__u32 kind, __u32 hook)
-{
-	struct kloak_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-
-	if (!e) {
-		count(KLOAK_CTR_EVENTS_LOST);
-		return NULL;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_boot_ns();
-	e->kind = kind;
-	e->hook = hook;
-	e->fd = -1;
-	return e;
-}
-
-static __always_inline void event_set_task(struct kloak_event *e, __u64 cgroup_id)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-
-	e->pid = pid_tgid >> 32;
-	e->tid = (__u32)pid_tgid;
-	e->cgroup_id = cgroup_id;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
 static __always_inline void addr_from_v4(struct kloak_addr *addr, __u32 be_v4)

@@ -8,6 +8,17 @@
 #ifndef KLOAK_CONN_BPF_H
 #define KLOAK_CONN_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "conn_maps.h"
+#include "common.bpf.h"
+#include "events.bpf.h"
+#include "sock.bpf.h"
+#include "names_maps.h"
+#include "names.bpf.h"
+#include "cipher_bind.bpf.h"
+#include "gotls.bpf.h"
+
 #define TLS_HANDSHAKE 0x16
 #define TLS_CLIENT_HELLO 0x01
 #define TLS_EXT_SERVER_NAME 0
@@ -24,12 +35,9 @@ static __always_inline void conn_event(__u64 cgroup_id, __u32 hook, int fd)
 		return;
 	event_set_task(e, cgroup_id);
 	e->fd = fd;
-	if (peer_of_fd(fd, &p)) {
-		e->addr = p.addr;
-		e->port = p.port;
-		e->family = p.family;
-	}
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	if (peer_of_fd(fd, &p))
+		event_set_peer(e, p);
+	event_submit(e);
 }
 
 /* Records that tls_ptr writes to fd; a changed fd forgets the old server name. */

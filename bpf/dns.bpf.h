@@ -8,6 +8,14 @@
 #ifndef KLOAK_DNS_BPF_H
 #define KLOAK_DNS_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "dns_maps.h"
+#include "common.bpf.h"
+#include "events.bpf.h"
+#include "names_maps.h"
+#include "names.bpf.h"
+
 #define DNS_PORT 53
 #define DNS_HDR_LEN 12
 #define DNS_MAX_ANSWERS 16
@@ -33,28 +41,6 @@ struct dns_hdr {
 	__u16 nscount;
 	__u16 arcount;
 };
-
-/* Per-CPU state of one answer being parsed (softirq: never preempted by itself). */
-struct dns_ctx {
-	__u32 cur;
-	__u32 end;
-	__u32 pos;
-	__u32 label_left;
-	__u32 done;
-	__u64 now;
-	__u64 cgroup_id;
-	__u8 raw[KLOAK_NAME_MAX * 2];
-	struct kloak_addr resolver;
-	__u16 resolver_port;
-	__u16 family;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct dns_ctx);
-} dns_buf SEC(".maps");
 
 /* bpf_loop hands callbacks a stack pointer only: the map value travels inside. */
 struct dns_loop {
@@ -121,7 +107,7 @@ static __always_inline void dns_event(struct dns_ctx *d, __u32 kind, __u32 reaso
 	e->family = d->family;
 	if (addr)
 		__builtin_memcpy(&e->addr, addr, sizeof(e->addr));
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	event_submit(e);
 }
 
 /* One byte of the question name: label lengths become dots, letters lower case. */
@@ -334,7 +320,7 @@ int handle_dns_egress(struct __sk_buff *skb)
 			e->port = v.dport;
 			e->family = v.family;
 			__builtin_memcpy(&e->addr, &v.dst, sizeof(e->addr));
-			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+			event_submit(e);
 		}
 		return 0;
 	}

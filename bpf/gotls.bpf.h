@@ -23,23 +23,17 @@
 #ifndef KLOAK_GOTLS_BPF_H
 #define KLOAK_GOTLS_BPF_H
 
-#include "cipher.bpf.h"
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "common.bpf.h"
+#include "gotls_maps.h"
+#include "cipher_maps.h"
+#include "cipher_keys.bpf.h"
+#include "cipher_bind.bpf.h"
 
 /* TLS 1.3 cipher suite ids (RFC 8446, B.4). */
 #define TLS_AES_128_GCM_SHA256 0x1301
 #define TLS_AES_256_GCM_SHA384 0x1302
-
-/*
- * (tgid, goroutine) -> the thread a ciphertext-strategy Write started on: its
- * tls_calls entry lets that thread's socket writes bind records, and is
- * ended at Write's RETs even when the goroutine came back on another thread.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct kloak_conn_key);
-	__type(value, __u32);
-} go_write_threads SEC(".maps");
 
 static __always_inline void go_write_begin(__u64 goroutine, __u64 conn, __u64 buf)
 {
@@ -106,30 +100,6 @@ static __noinline void go_follow_migration(void)
 		bpf_map_delete_elem(&ct_writes, &from);
 	bpf_map_update_elem(&go_write_threads, &g, &tid, BPF_ANY);
 }
-
-/* (tgid, goroutine) -> Conn whose handshake that goroutine runs. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct kloak_conn_key);
-	__type(value, __u64);
-} go_handshakes SEC(".maps");
-
-/* (tgid, write halfConn) -> its Conn. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct kloak_conn_key);
-	__type(value, __u64);
-} go_write_halves SEC(".maps");
-
-/* (tgid, goroutine) -> Conn whose AES-GCM write key that goroutine is making. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct kloak_conn_key);
-	__type(value, __u64);
-} go_key_pending SEC(".maps");
 
 SEC("uprobe")
 int handle_go_handshake(struct pt_regs *ctx)

@@ -9,12 +9,17 @@
  * Only connections that sent the HTTP/2 client preface are searched, and
  * only inside header-bearing frames (HEADERS, CONTINUATION, PUSH_PROMISE),
  * tracked across writes; DATA frames are skipped (a placeholder in a body is
- * plain text, found by the plain scan). Part of the write path: included by
- * rewrite.bpf.h, after the shared decision code.
+ * plain text, found by the plain scan). Part of the write path: decided by
+ * candidate.bpf.h's code, run by rewrite.bpf.h.
  */
 #ifndef KLOAK_HPACK_BPF_H
 #define KLOAK_HPACK_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "rewrite_maps.h"
+#include "common.bpf.h"
+#include "candidate.bpf.h"
 #include "hpack_tables.h"
 
 #define H2_PREFACE_LEN 24

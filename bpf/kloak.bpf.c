@@ -1,5 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
-/* The kloak data plane: TLS write hooks, connection attribution, DNS capture. */
+/*
+ * The kloak data plane: TLS write hooks, connection attribution, DNS capture. Its stages (bpf/; maps in *_maps.h):
+ * dns, names (S3) -> conn (S2) -> write hooks, exec hold (here) -> candidate, hpack -> rewrite in place (S5), or
+ *   cipher_keys, gotls (keys) -> cipher_bind (records) -> tc (packets); events.bpf.h emits, cipher_selftest at load.
+ */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -7,14 +11,21 @@
 #include <bpf/bpf_endian.h>
 #include "kloak.h"
 #include "maps.bpf.h"
+#include "exec_maps.h"
 #include "common.bpf.h"
 #include "sock.bpf.h"
+#include "events.bpf.h"
 #include "names.bpf.h"
 #include "dns.bpf.h"
-#include "cipher.bpf.h"
+#include "cipher_maps.h"
+#include "cipher_tag.bpf.h"
+#include "cipher_keys.bpf.h"
+#include "cipher_bind.bpf.h"
+#include "cipher_selftest.bpf.h"
 #include "gotls.bpf.h"
 #include "tc.bpf.h"
 #include "conn.bpf.h"
+#include "candidate.bpf.h"
 #include "rewrite.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";

@@ -3,31 +3,12 @@
 #ifndef KLOAK_NAMES_BPF_H
 #define KLOAK_NAMES_BPF_H
 
+#include "kloak.h"
+#include "names_maps.h"
+#include "common.bpf.h"
+
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
-
-struct name_match {
-	__u32 count;
-	__u32 ids[KLOAK_MAX_HOSTS];
-};
-
-/* A lower-case name in presentation form plus the walk state over it. */
-struct name_ctx {
-	__u32 owner;
-	__u32 len;
-	__u64 hash;
-	char name[KLOAK_NAME_MAX];
-	struct name_match match;
-};
-
-enum name_slot { NAME_SLOT_TASK = 0, NAME_SLOT_SOFTIRQ = 1 };
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, struct name_ctx);
-} name_buf SEC(".maps");
 
 static __always_inline struct name_ctx *name_ctx_get(__u32 slot)
 {

@@ -6,6 +6,9 @@
 #ifndef KLOAK_SOCK_BPF_H
 #define KLOAK_SOCK_BPF_H
 
+#include "kloak.h"
+#include "common.bpf.h"
+
 #define TCP_ESTABLISHED 1
 #define TCP_CLOSE_WAIT 8
 

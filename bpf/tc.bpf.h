@@ -15,11 +15,16 @@
 #ifndef KLOAK_TC_BPF_H
 #define KLOAK_TC_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "common.bpf.h"
+#include "cipher_maps.h"
+#include "tc_maps.h"
+
 #define TC_ACT_UNSPEC (-1)            /* no verdict: the next filter (a CNI's, say) still runs */
 #define ETH_HLEN 14
 #define TCP_FLAG_ACK 0x10
 #define IP_FRAG_MASK 0x3fff
-#define PATCH_CHUNK 64
 #define TCP_CLOSE 7
 
 struct tcp_packet {
@@ -113,18 +118,6 @@ static __always_inline void on_ack(struct tcp_packet *pkt)
 	if (flow)
 		release_acked(flow, pkt->ack);
 }
-
-struct patch_bufs {
-	__u8 old[PATCH_CHUNK] __attribute__((aligned(8)));
-	__u8 new[PATCH_CHUNK] __attribute__((aligned(8)));
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct patch_bufs);
-} patch_buf SEC(".maps");
 
 struct patch_loop {
 	struct __sk_buff *skb;

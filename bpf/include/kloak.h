@@ -347,7 +347,7 @@ struct kloak_event {
 	char comm[16];
 };
 
-/* Ciphertext strategy (cipher.bpf.h, tc.bpf.h). */
+/* Ciphertext strategy (cipher_*.bpf.h, tc.bpf.h). */
 
 /* The write cipher of one TLS object, from the library's own key setup. */
 struct kloak_ct_session {

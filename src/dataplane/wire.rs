@@ -4,7 +4,7 @@
 //! host's interfaces for `kloak run`, on the host end of a pod's interface on
 //! Kubernetes. Each filter is the program variant that parses the device's
 //! framing, and only the network namespaces whose packets pass a filter may
-//! have records bound to the wire (`ct_wired` in cipher.bpf.h): elsewhere a
+//! have records bound to the wire (`ct_wired` in cipher_maps.h): elsewhere a
 //! bound record would leave unpatched while its event claimed a rewrite.
 
 use std::collections::BTreeMap;

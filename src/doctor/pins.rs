@@ -77,10 +77,10 @@ fn map_check(instance: &str, name: &str, path: &Path) -> Option<Check> {
             remedy: Some(
                 if lru {
                     "when full the oldest entries are evicted: rebuild with a larger max_entries \
-                     (bpf/maps.bpf.h) or spread the connections over more nodes"
+                     (bpf/*maps.h) or spread the connections over more nodes"
                 } else {
                     "when full new entries are refused: rebuild with a larger max_entries \
-                     (bpf/maps.bpf.h) or manage fewer secrets on this node"
+                     (bpf/*maps.h) or manage fewer secrets on this node"
                 }
                 .to_owned(),
             ),

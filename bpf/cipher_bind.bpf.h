@@ -1,388 +1,30 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * The ciphertext strategy, up to the wire: the real value never enters the
- * process. AES-GCM is a stream cipher with a linear tag, so replacing
- * plaintext bytes P by P' only needs C ^= P ^ P' at the same positions and
- * tag ^= sum(D_k * H^(n-k+2)) over the changed blocks (tc.bpf.h applies both
- * to the packets).
- *
- * 1. Key capture: the library names the session's write cipher and key in
- *    EVP_CipherInit_ex, called by the thread while it is inside a TLS call
- *    on that object (handshake, read or write). H = AES_K(0^128) is derived
- *    here; the key itself is dropped. Nothing is read from library structs,
- *    so no layout can be wrong: an unseen key means "unknown", fail closed.
- * 2. Queueing: the write hook queues each allowed placeholder with its
- *    offset in the plaintext (rewrite.bpf.h).
- * 3. Binding: the thread's socket writes inside that call carry the
- *    records. Their headers give each record's plaintext range, the
- *    socket's write_seq gives their TCP sequence numbers: each placeholder
- *    becomes XOR patches keyed by (connection, sequence), plus the tag's.
+ * Stages 2 and 3 of the ciphertext strategy (see cipher_maps.h): the queue of
+ * allowed placeholders a TLS write fills (ct_queue, candidate.bpf.h), and the
+ * binding of the records its socket writes carry to TCP sequence numbers, as
+ * XOR patches tc.bpf.h applies. Placeholders never bound are reported when
+ * the TLS call returns.
  */
-#ifndef KLOAK_CIPHER_BPF_H
-#define KLOAK_CIPHER_BPF_H
+#ifndef KLOAK_CIPHER_BIND_BPF_H
+#define KLOAK_CIPHER_BIND_BPF_H
 
+#include "kloak.h"
+#include "maps.bpf.h"
+#include "common.bpf.h"
+#include "events.bpf.h"
+#include "sock.bpf.h"
 #include "gcm.bpf.h"
-
-/* OpenSSL's NIDs, stable since 1.0 (and BoringSSL's). */
-#define NID_AES_128_GCM 895
-#define NID_AES_256_GCM 901
+#include "cipher_maps.h"
+#include "cipher_tag.bpf.h"
+#include "cipher_keys.bpf.h"
 
 #define TLS_APPLICATION_DATA 0x17
 #define TLS_TAG_LEN 16
 #define TLS12_EXPLICIT_NONCE 8
 #define TLS_RECORD_MAX (16384 + 256)
-#define GHASH_BLOCKS_MAX 1100            /* a record's ciphertext, in 16-byte blocks */
-#define DBUF_SIZE 8192                   /* > 15 + KLOAK_MAX_SECRET + 16, a power of two */
-
-struct ct_record {
-	__u32 body_seq;                  /* sequence number of the first ciphertext byte */
-	__u32 pt_start;                  /* plaintext of the write it carries */
-	__u32 data_len;
-	__u32 ct_len;                    /* ciphertext bytes (the tag follows them) */
-};
-
-/* A placeholder's bytes in one record, patched, its tag share still to add. */
-struct ct_part {
-	struct kloak_secret_key key;
-	__u64 value_id;
-	__u32 slot;                      /* its patch */
-	__u32 secret_off;                /* first byte, in the secret */
-	__u32 ct_start;                  /* ... and in the record's ciphertext */
-	__u32 ct_end;
-};
-
-/* Per-CPU working memory of the ciphertext path. */
-struct ct_scratch {
-	struct aes_scratch aes;
-	struct kloak_ct_session sess;
-	struct ct_record recs[KLOAK_CT_MAX_RECORDS];
-	__u32 nrec;
-	__u32 parse_off;                 /* next record header in the socket write */
-	__u32 first_pt;                  /* plaintext of the write before these records */
-	__u32 covered;                   /* ... and after them */
-	__u32 need;                      /* patch slots this write needs */
-	__u32 rec_parts;
-	__u32 free;
-	__u32 slot;                      /* take_slot's answer */
-	__u32 from;                      /* dbuf fill: secret bytes from here */
-	__u32 lead;                      /* ... go to dbuf[lead] on */
-	struct ct_record rec;            /* the record being bound */
-	struct ct_part parts[KLOAK_CT_MAX_ITEMS];  /* ... and its placeholders' patches */
-	__u32 nparts;
-	/* off the stack: the socket-write programs share 512 bytes with their callbacks (6.1) */
-	struct kloak_flow_key fkey;
-	struct peer peer;
-	/* GHASH difference, by Horner's rule over the changed blocks */
-	struct gf128 acc;
-	struct gf128 d;                  /* the difference of block `cur`, still open */
-	struct gf_mul mul;
-	__u32 cur;
-	__u32 has;
-	/*
-	 * The XOR bytes of the part being summed, laid out from the start of
-	 * its first block with zeros around it, so each block is one 16-byte
-	 * load (a branch per byte would be a verifier state per byte).
-	 */
-	__u8 dbuf[DBUF_SIZE] __attribute__((aligned(8)));
-	__u8 selftest_delta[64];         /* the self-test's input, off its context */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ct_scratch);
-} ct_buf SEC(".maps");
-
-static __always_inline struct ct_scratch *ct_scratch(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&ct_buf, &zero);
-}
-
-/* ---- GHASH difference ---- */
-
-/* *acc = *acc * H^e, from the session's H^(2^i). */
-static __always_inline void gf128_mul_pow_into(struct gf_mul *m, struct gf128 *acc,
-					       struct kloak_ct_session *sess, __u32 e)
-{
-	for (__u32 i = 0; i < KLOAK_CT_POW_BITS; i++) {
-		if ((e >> i) == 0)
-			break;
-		if ((e >> i) & 1)
-			gf128_mul_into(m, acc, sess->h_pow[i]);
-	}
-}
-
-/* Closes the open block: acc = (acc ^ d) * H. */
-static __always_inline void tag_close_block(struct ct_scratch *s, struct kloak_ct_session *sess)
-{
-	s->acc.hi ^= s->d.hi;
-	s->acc.lo ^= s->d.lo;
-	gf128_mul_into(&s->mul, &s->acc, sess->h);
-	s->d.hi = s->d.lo = 0;
-}
-
-/* H^(2^i) for every i, from sess->h. */
-static __always_inline void ct_session_powers(struct gf_mul *m, struct kloak_ct_session *sess)
-{
-	struct gf128 p = gf128_load(sess->h);
-
-	for (__u32 i = 0; i < KLOAK_CT_POW_BITS; i++) {
-		gf128_store(sess->h_pow[i], p);
-		p = gf128_mul(m, p, p);
-	}
-}
-
-struct tag_loop {
-	struct ct_scratch *s;
-	struct kloak_ct_session *sess;
-	__u32 part_end;                  /* ciphertext offset in the record */
-	__u32 first_block;
-};
-
-/* Zeros the block before a part of n bytes at ciphertext offset start, whose bytes go at dbuf[start % 16]. */
-static __always_inline void dbuf_open(struct ct_scratch *s)
-{
-	__builtin_memset(s->dbuf, 0, 16);
-}
-
-/* ... and the bytes after it, up to the next block boundary and beyond. */
-static __always_inline void dbuf_close(struct ct_scratch *s, __u32 start, __u32 n)
-{
-	__u32 end = (start & 15) + n;
-
-	for (__u32 k = 0; k < 16; k++)
-		s->dbuf[(end + k) & (DBUF_SIZE - 1)] = 0;
-}
-
-static __always_inline void tag_begin(struct ct_scratch *s)
-{
-	s->acc.hi = s->acc.lo = 0;
-	s->d.hi = s->d.lo = 0;
-	s->has = 0;
-	s->cur = 0;
-}
-
-/* One 16-byte block of a part: close the open block when this is a later one. */
-static long tag_block_step(__u64 index, void *data)
-{
-	struct tag_loop *t = data;
-	struct ct_scratch *s = t->s;
-	__u32 j = t->first_block + (__u32)index, base = j * 16, off;
-
-	if (base >= t->part_end || j >= GHASH_BLOCKS_MAX)
-		return 1;
-	if (s->has && j != s->cur) {
-		tag_close_block(s, t->sess);
-		gf128_mul_pow_into(&s->mul, &s->acc, t->sess, j - s->cur - 1);
-	}
-	s->has = 1;
-	s->cur = j;
-	off = ((__u32)index * 16) & (DBUF_SIZE - 16);
-	s->d.hi ^= __builtin_bswap64(*(__u64 *)&s->dbuf[off]);
-	s->d.lo ^= __builtin_bswap64(*(__u64 *)&s->dbuf[off + 8]);
-	return 0;
-}
-
-/*
- * Adds bytes [part_start, part_end) of the record, whose XOR bytes are in
- * s->dbuf (dbuf_open, the bytes, dbuf_close). Parts come in order.
- */
-static __always_inline void tag_add_part(struct ct_scratch *s, struct kloak_ct_session *sess,
-					 __u32 part_start, __u32 part_end)
-{
-	struct tag_loop t = {
-		.s = s,
-		.sess = sess,
-		.part_end = part_end,
-		.first_block = part_start / 16,
-	};
-
-	if (part_end <= part_start)
-		return;
-	bpf_loop((part_end - 1) / 16 - part_start / 16 + 1, tag_block_step, &t, 0);
-}
-
-/* The tag difference for a record of ct_len ciphertext bytes. */
-static __always_inline struct gf128 tag_finish(struct ct_scratch *s, struct kloak_ct_session *sess, __u32 ct_len)
-{
-	__u32 blocks = (ct_len + 15) / 16;
-
-	if (!s->has || s->cur >= blocks)
-		return (struct gf128){};
-	tag_close_block(s, sess);
-	gf128_mul_pow_into(&s->mul, &s->acc, sess, blocks - s->cur);
-	return s->acc;
-}
-
-/* ---- 1. key capture ---- */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct kloak_conn_key);      /* (tgid, SSL*) */
-	__type(value, struct kloak_ct_session);
-} ct_sessions SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct kloak_conn_key);      /* (tgid, EVP_CIPHER_CTX*) */
-	__type(value, struct kloak_ct_cipher);
-} ct_ciphers SEC(".maps");
-
-/* The key bytes are wiped from scratch as soon as H is known. */
-static __always_inline void ct_derive_h(struct ct_scratch *s, const __u8 *key, __u32 key_len)
-{
-	__builtin_memset(s->aes.state, 0, sizeof(s->aes.state));
-	if (bpf_probe_read_user(s->aes.key, key_len == 32 ? 32 : 16, key)) {
-		s->sess.cipher = KLOAK_CIPHER_UNKNOWN;
-		return;
-	}
-	aes_encrypt_block(&s->aes, key_len);
-	__builtin_memcpy(s->sess.h, s->aes.state, 16);
-	__builtin_memset(s->aes.key, 0, sizeof(s->aes.key));
-	__builtin_memset(s->aes.w, 0, sizeof(s->aes.w));
-	ct_session_powers(&s->mul, &s->sess);
-	count(KLOAK_CTR_CT_KEYS);
-}
-
-/*
- * EVP_CipherInit_ex(ctx, cipher, engine, key, iv, enc). Inside a TLS call,
- * with enc set: a key is the object's new write key (handshake keys, then
- * application keys, then any key update: the last one wins); an IV alone is
- * TLS 1.3's per-record nonce setup.
- */
-SEC("uprobe")
-int BPF_UPROBE(handle_cipher_init, void *cctx, void *cipher, void *engine, const __u8 *key, const __u8 *iv, int enc)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct kloak_tls_call *call = bpf_map_lookup_elem(&tls_calls, &tid);
-	struct kloak_conn_key ctx_key = conn_key((__u64)cctx), ssl_key;
-	struct kloak_ct_session *old;
-	struct kloak_ct_cipher *known;
-	struct ct_scratch *s;
-
-	if (!call || !enabled_cgroup())
-		return 0;
-	if (cipher) {
-		struct {
-			int nid;
-			int block_size;
-			int key_len;
-		} head;
-		struct kloak_ct_cipher info = {};
-
-		/* struct evp_cipher_st starts nid, block_size, key_len in OpenSSL 1.1, 3.x and BoringSSL. */
-		if (!bpf_probe_read_user(&head, sizeof(head), cipher)) {
-			info.nid = head.nid;
-			info.key_len = head.key_len;
-			info.encrypt = enc != 0;
-			bpf_map_update_elem(&ct_ciphers, &ctx_key, &info, BPF_ANY);
-		}
-	}
-	known = bpf_map_lookup_elem(&ct_ciphers, &ctx_key);
-	/* OpenSSL 3 sets the TLS 1.3 key with enc = -1, "as set before". */
-	if (enc == -1)
-		enc = known ? (int)known->encrypt : 0;
-	if (enc == 0)
-		return 0;
-	ssl_key = conn_key(call->tls_ptr);
-	old = bpf_map_lookup_elem(&ct_sessions, &ssl_key);
-	if (!key) {
-		if (iv && old && old->cipher_ctx == (__u64)cctx)
-			old->tls13 = 1;
-		return 0;
-	}
-	s = ct_scratch();
-	if (!s)
-		return 0;
-	__builtin_memset(&s->sess, 0, sizeof(s->sess));
-	s->sess.cipher_ctx = (__u64)cctx;
-	s->sess.tls13 = old ? old->tls13 : 0;
-	if (!known) {
-		s->sess.cipher = KLOAK_CIPHER_UNKNOWN;
-	} else if (known->nid == NID_AES_128_GCM && known->key_len == 16) {
-		s->sess.cipher = KLOAK_CIPHER_AES_128_GCM;
-	} else if (known->nid == NID_AES_256_GCM && known->key_len == 32) {
-		s->sess.cipher = KLOAK_CIPHER_AES_256_GCM;
-	} else {
-		s->sess.cipher = KLOAK_CIPHER_OTHER;
-	}
-	if (known)
-		s->sess.nid = known->nid;
-	if (s->sess.cipher == KLOAK_CIPHER_AES_128_GCM || s->sess.cipher == KLOAK_CIPHER_AES_256_GCM)
-		ct_derive_h(s, key, known ? known->key_len : 16);
-	bpf_map_update_elem(&ct_sessions, &ssl_key, &s->sess, BPF_ANY);
-	return 0;
-}
-
-/*
- * The network namespaces whose packets a tc filter patches, set by the loader
- * once it attached there (the host's own for `kloak run`, each pod's when the
- * host end of its interface is wired). A record bound anywhere else would leave
- * unpatched while its event claimed a rewrite.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, KLOAK_MAX_WIRED_NETNS);
-	__type(key, __u32);                      /* network namespace inode */
-	__type(value, __u32);
-} ct_wired SEC(".maps");
-
-/*
- * Subprograms, not inlined: their reads need stack of their own, which the
- * write path's frames (512 bytes for a chain of calls) cannot spare on 6.1.
- */
-static __noinline bool netns_wired(__u32 inum)
-{
-	return inum && bpf_map_lookup_elem(&ct_wired, &inum);
-}
-
-static __noinline __u32 task_netns(void)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-
-	return BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
-}
-
-static __noinline __u32 sock_netns(struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-}
-
-/* KLOAK_REASON_NONE when placeholders of this object can be patched in its ciphertext. */
-static __always_inline __u32 ct_session_reason(__u64 tls_ptr)
-{
-	struct kloak_conn_key key = conn_key(tls_ptr);
-	struct kloak_ct_session *sess = bpf_map_lookup_elem(&ct_sessions, &key);
-
-	if (!sess || sess->cipher == KLOAK_CIPHER_UNKNOWN)
-		return KLOAK_REASON_CIPHER_STATE_UNKNOWN;
-	if (sess->cipher == KLOAK_CIPHER_OTHER)
-		return KLOAK_REASON_CIPHER_UNSUPPORTED;
-	if (!netns_wired(task_netns()))
-		return KLOAK_REASON_WIRE_UNAVAILABLE;
-	return KLOAK_REASON_NONE;
-}
 
 /* ---- 2. queueing (called by the write hook) ---- */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);                      /* thread id */
-	__type(value, struct kloak_ct_write);
-} ct_writes SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct kloak_ct_write);
-} ct_write_zero SEC(".maps");
 
 /* The thread's pending write for tls_ptr, created empty when the call has none. */
 static __always_inline struct kloak_ct_write *ct_write_for(__u32 tid, __u64 tls_ptr)
@@ -430,12 +72,9 @@ static __always_inline void ct_event(struct kloak_ct_write *w, struct kloak_ct_i
 	e->offset = item->pt_off;
 	e->fd = w->fd;
 	e->strategy = KLOAK_STRATEGY_CIPHERTEXT;
-	if (peer) {
-		e->addr = peer->addr;
-		e->port = peer->port;
-		e->family = peer->family;
-	}
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	if (peer)
+		event_set_peer(e, *peer);
+	event_submit(e);
 }
 
 struct done_loop {
@@ -468,20 +107,6 @@ static __always_inline void ct_write_done(__u32 tid)
 }
 
 /* ---- 3. binding records to sequence numbers ---- */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, KLOAK_CT_MAX_FLOWS);
-	__type(key, struct kloak_flow_key);
-	__type(value, struct kloak_ct_flow);
-} ct_flows SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct kloak_ct_flow);
-} ct_flow_zero SEC(".maps");
 
 /* The connection's key as its outgoing packets carry it. */
 static __always_inline bool flow_key_of(struct sock *sk, struct kloak_flow_key *key)
@@ -870,52 +495,6 @@ static __always_inline void ct_on_socket_write(__u32 tid, __u64 tls_ptr, int fd,
 	if (peer_of_fd(fd, &b.s->peer))
 		b.peer = &b.s->peer;
 	bpf_loop(KLOAK_CT_MAX_RECORDS, bind_record_step, &b, 0);
-}
-
-/* ---- load-time self-test of the arithmetic above (dataplane::gcm) ---- */
-
-SEC("syscall")
-int handle_gcm_selftest(struct kloak_gcm_selftest *t)
-{
-	struct ct_scratch *s = ct_scratch();
-	struct gf128 r;
-
-	if (!s)
-		return 0;
-	t->result = 1;
-	if (t->op == KLOAK_GCM_AES_BLOCK) {
-		if (t->key_len != 16 && t->key_len != 32)
-			return 0;
-		__builtin_memcpy(s->aes.key, t->key, 32);
-		__builtin_memcpy(s->aes.state, t->x, 16);
-		aes_encrypt_block(&s->aes, t->key_len);
-		__builtin_memcpy(t->out, s->aes.state, 16);
-	} else if (t->op == KLOAK_GCM_MUL) {
-		r = gf128_mul(&s->mul, gf128_load(t->x), gf128_load(t->y));
-		gf128_store(t->out, r);
-	} else if (t->op == KLOAK_GCM_TAG_DELTA) {
-		__u32 n = t->delta_len, off = t->delta_off;
-
-		if (n == 0 || n > sizeof(t->delta) || off + n > t->ct_len || t->ct_len > GHASH_BLOCKS_MAX * 16)
-			return 0;
-		__builtin_memcpy(s->sess.h, t->x, 16);
-		ct_session_powers(&s->mul, &s->sess);
-		/* A program's context only allows loads at constant offsets. */
-		if (bpf_probe_read_kernel(s->selftest_delta, sizeof(s->selftest_delta), t->delta))
-			return 0;
-		dbuf_open(s);
-		for (__u32 i = 0; i < sizeof(s->selftest_delta); i++)
-			s->dbuf[((off & 15) + i) & (DBUF_SIZE - 1)] = s->selftest_delta[i];
-		dbuf_close(s, off, n);
-		tag_begin(s);
-		tag_add_part(s, &s->sess, off, off + n);
-		r = tag_finish(s, &s->sess, t->ct_len);
-		gf128_store(t->out, r);
-	} else {
-		return 0;
-	}
-	t->result = 0;
-	return 0;
 }
 
 #endif
