@@ -98,6 +98,7 @@ struct AgentSpec {
     secrets: Vec<(u32, String, PathBuf)>,
     host: String,
     ready: PathBuf,
+    inspections: PathBuf,
 }
 
 /// What an agent reports once it is serving.
@@ -111,6 +112,12 @@ fn agent(args: &[String]) -> anyhow::Result<()> {
     let spec: AgentSpec = serde_json::from_str(&fs::read_to_string(
         args.first().context("usage: agent SPEC")?,
     )?)?;
+    // Trace level, as the scenarios run kloak: the real values must not appear even there (S1).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("kloak=trace,info"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -118,6 +125,8 @@ fn agent(args: &[String]) -> anyhow::Result<()> {
 }
 
 async fn serve(spec: AgentSpec) -> anyhow::Result<()> {
+    // As the node agent does: a restarted agent does not inspect known files again.
+    hooking::persist_inspections(&spec.inspections);
     let features = kloak::dataplane::probes::probe(true);
     let (dataplane, mut events) = DataPlane::start(LoaderConfig::for_kernel(
         spec.pin_dir.clone(),
@@ -276,6 +285,7 @@ fn scenario() -> anyhow::Result<()> {
             secrets,
             host: "127.0.0.1".into(),
             ready: work.join(format!("ready-{start}")),
+            inspections: work.join("state/inspections.jsonl"),
         };
         let spec_path = work.join(format!("spec-{start}.json"));
         fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
@@ -284,7 +294,6 @@ fn scenario() -> anyhow::Result<()> {
             Command::new(std::env::current_exe()?)
                 .arg("agent")
                 .arg(&spec_path)
-                .env("KLOAK_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(fs::File::create(work.join(format!("agent-{start}.log")))?)
                 .spawn()?,
