@@ -112,13 +112,10 @@ pub fn take_over(pin_dir: &Path) -> Vec<u32> {
     match MapHandle::from_pinned_path(maps.join("held")) {
         Ok(held) => {
             let pids = resume_pinned(&held);
-            if !pids.is_empty() {
-                info!(
-                    processes = pids.len(),
-                    ?pids,
-                    "resumed processes an earlier agent left stopped at exec"
-                );
-            }
+            say_resumed(
+                &pids,
+                "resumed processes an earlier agent left stopped at exec",
+            );
             pids
         }
         Err(err) => {
@@ -142,14 +139,14 @@ pub async fn sweep(dataplane: &DataPlane, proc_root: &Path, grace: Duration) -> 
     for &pid in &pids {
         hooking::hook_exec(dataplane, proc_root, pid).await;
     }
-    if !pids.is_empty() {
-        info!(
-            processes = pids.len(),
-            ?pids,
-            "resumed processes held at exec without an answer"
-        );
-    }
+    say_resumed(&pids, "resumed processes held at exec without an answer");
     pids
+}
+
+fn say_resumed(pids: &[u32], what: &'static str) {
+    if !pids.is_empty() {
+        info!(processes = pids.len(), ?pids, "{what}");
+    }
 }
 
 #[cfg(test)]
