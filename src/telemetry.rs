@@ -19,7 +19,14 @@ pub fn init(args: &GlobalArgs) -> anyhow::Result<()> {
         builder.compact().try_init()
     };
     result.map_err(|err| anyhow::anyhow!("cannot install the logger: {err}"))?;
-    libbpf_rs::set_print(Some((PrintLevel::Debug, libbpf_log)));
+    // libbpf's debug output is thousands of lines per load (every relocation); asking libbpf not to
+    // format it at all when nobody reads it saves seconds per start on a slow CPU.
+    let wanted = if tracing::enabled!(target: "libbpf", tracing::Level::TRACE) {
+        PrintLevel::Debug
+    } else {
+        PrintLevel::Info
+    };
+    libbpf_rs::set_print(Some((wanted, libbpf_log)));
     Ok(())
 }
 

@@ -424,9 +424,15 @@ fn load<'obj>(
             }
         }
     }
+    // The verifier's time dominates a start (about 40 s under qemu TCG): said, so a slow start is explained.
+    let verify_started = Instant::now();
     let mut skel = open
         .load()
         .map_err(|err| LoaderError::Load(format!("{err:#}")))?;
+    info!(
+        ms = verify_started.elapsed().as_millis() as u64,
+        "programs loaded and verified"
+    );
     fs::create_dir_all(&maps_dir).map_err(|source| LoaderError::Io {
         path: maps_dir.clone(),
         source,
@@ -469,14 +475,15 @@ fn load<'obj>(
     }
     let progs = &skel.progs;
     let syscalls = [
-        (&progs.handle_sys_write, "sys_enter_write"),
-        (&progs.handle_sys_sendto, "sys_enter_sendto"),
-        (&progs.handle_sys_sendmsg, "sys_enter_sendmsg"),
-        (&progs.handle_sys_writev, "sys_enter_writev"),
+        "sys_enter_write",
+        "sys_enter_sendto",
+        "sys_enter_sendmsg",
+        "sys_enter_writev",
     ];
-    for (program, tracepoint) in syscalls {
+    for tracepoint in syscalls {
         links.keep(&format!("tp-{tracepoint}"), || {
-            program
+            progs
+                .handle_sys_send
                 .attach_tracepoint(TracepointCategory::Syscalls, tracepoint)
                 .map_err(|source| LoaderError::Attach {
                     what: format!("tracepoint syscalls/{tracepoint}"),
@@ -537,6 +544,7 @@ fn load<'obj>(
  */
 fn gcm_selftest(skel: &KloakSkel<'_>, strategy: RewriteStrategy) -> Result<bool, LoaderError> {
     let program = &skel.progs.handle_gcm_selftest;
+    let started = Instant::now();
     let outcome = super::gcm::check_kernel(|case| {
         let input = libbpf_rs::ProgramInput {
             context_in: Some(super::skel::bytes_of_mut(case)),
@@ -546,7 +554,10 @@ fn gcm_selftest(skel: &KloakSkel<'_>, strategy: RewriteStrategy) -> Result<bool,
     });
     match (outcome, strategy) {
         (Ok(()), _) => {
-            info!("ciphertext strategy: kernel AES-GCM arithmetic verified");
+            info!(
+                ms = started.elapsed().as_millis() as u64,
+                "ciphertext strategy: kernel AES-GCM arithmetic verified"
+            );
             Ok(true)
         }
         (Err(err), RewriteStrategy::Ciphertext) => Err(LoaderError::Load(format!(

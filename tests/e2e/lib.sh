@@ -143,7 +143,7 @@ kloak_run() {
   local conf=$WORK/resolv.$RESOLVER.conf
   printf 'nameserver %s\noptions attempts:1 timeout:2\n' "$RESOLVER" > "$conf"
   local start=$SECONDS
-  KLOAK_LOG=trace unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$conf" \
+  KLOAK_LOG=trace,libbpf=debug unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$conf" \
     timeout "${RUN_TIMEOUT:-120}" "$KLOAK" run --events "$WORK/$name.events" "$@" > "$WORK/$name.out" 2> "$WORK/$name.log"
   echo "ran $name in $((SECONDS - start))s"
 }

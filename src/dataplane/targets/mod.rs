@@ -241,14 +241,12 @@ pub fn inspect_fully(path: &Path) -> Result<Inspection, TargetError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let target = match inspect_bytes(path, &data) {
-        Ok(target) => target,
-        // Named below, with its reason, among the unhooked stacks.
-        Err(err) if err.is_unsupported() => None,
-        Err(err) => return Err(err),
+    let Some(file) = elf::ElfImage::parse(path, &data)? else {
+        return Ok(Inspection::default());
     };
     // The role only tells shared from static OpenSSL apart, and those are hooked.
-    let unhooked = runtimes_in(path, &data, FileRole::Executable)?
+    let (target, runtimes) = runtime::inspect_with_runtimes(&file, &data, FileRole::Executable)?;
+    let unhooked = runtimes
         .into_iter()
         .filter(|runtime| runtime.unhookable.is_some())
         .collect();

@@ -95,12 +95,39 @@ pub fn runtimes_in(path: &Path, data: &[u8], role: FileRole) -> Result<Vec<Runti
     let Some(file) = ElfImage::parse(path, data)? else {
         return Ok(Vec::new());
     };
+    Ok(inspect_with_runtimes(&file, data, role)?.1)
+}
+
+/// The hookable target in an already parsed ELF image, and every TLS runtime in it. Locating
+/// Bun's functions is the costly part of an inspection (a minute under qemu TCG): done once.
+pub(super) fn inspect_with_runtimes(
+    file: &ElfImage<'_>,
+    data: &[u8],
+    role: FileRole,
+) -> Result<(Option<TlsTarget>, Vec<Runtime>), TargetError> {
+    let inspected = match inspect_image(file) {
+        Err(err) if !err.is_unsupported() => return Err(err),
+        inspected => inspected,
+    };
+    let runtimes = runtimes_of(file, data, role, &inspected);
+    // An unsupported stack is among the runtimes, with its reason.
+    Ok((inspected.unwrap_or_default(), runtimes))
+}
+
+/// Every TLS runtime in `file`, given what inspecting it for a hookable target found; an error
+/// there is one that says the stack cannot be hooked ([`TargetError::is_unsupported`]).
+fn runtimes_of(
+    file: &ElfImage<'_>,
+    data: &[u8],
+    role: FileRole,
+    inspected: &Result<Option<TlsTarget>, TargetError>,
+) -> Vec<Runtime> {
     let mut found = Vec::new();
-    match inspect_image(&file) {
+    match inspected {
         Ok(Some(TlsTarget::Go(target))) => found.push(Runtime {
             kind: RuntimeKind::Go,
             flavour: None,
-            version: target.go_version,
+            version: target.go_version.clone(),
             stripped: !file.has_symtab(),
             unhookable: None,
         }),
@@ -114,13 +141,13 @@ pub fn runtimes_in(path: &Path, data: &[u8], role: FileRole) -> Result<Vec<Runti
                 kind,
                 flavour: Some(target.flavour),
                 stripped: target.bun_version.is_some(),
-                version: target.bun_version.or_else(|| openssl_version(data)),
+                version: target.bun_version.clone().or_else(|| openssl_version(data)),
                 unhookable: None,
             });
         }
         Ok(None) => {}
-        Err(err) if err.is_unsupported() => {
-            let (kind, version) = match &err {
+        Err(err) => {
+            let (kind, version) = match err {
                 TargetError::BunUnlocated { version, .. } => {
                     (RuntimeKind::Bun, Some(version.clone()))
                 }
@@ -138,7 +165,6 @@ pub fn runtimes_in(path: &Path, data: &[u8], role: FileRole) -> Result<Vec<Runti
                 unhookable: Some(err.to_string()),
             });
         }
-        Err(err) => return Err(err),
     }
     let has_bun = found.iter().any(|r| r.kind == RuntimeKind::Bun);
     let has_openssl = found.iter().any(|r| r.flavour.is_some());
@@ -160,7 +186,7 @@ pub fn runtimes_in(path: &Path, data: &[u8], role: FileRole) -> Result<Vec<Runti
             unhookable: Some(RUSTLS_REASON.to_owned()),
         });
     }
-    Ok(found)
+    found
 }
 
 fn contains(data: &[u8], needle: &[u8]) -> bool {
