@@ -16,7 +16,7 @@ cd "$root"
 [ "$(id -u)" -eq 0 ] || { echo "bench needs root (it loads eBPF programs)" >&2; exit 2; }
 out=target/bench
 mkdir -p "$out"
-cargo build --locked --bins >/dev/null
+cargo build --locked --bins --example kloak-empty-probe >/dev/null
 scripts/build-test-clients.sh >/dev/null
 gcc -O2 -o "$out/ssl_write_bench" benches/ssl_write_bench.c -lssl -lcrypto
 bench=$root/$out/ssl_write_bench
@@ -31,7 +31,7 @@ measure() { # SIZE ITERATIONS WRAPPER...: median ns per write of 5 runs
   for _ in 1 2 3 4 5; do "$@" "$bench" "$size" "$iterations" "$certs/server.pem" "$certs/server.key"; done | median
 }
 plain() { "$@"; }
-empty() { target/debug/kloak-empty-probe "$lib" -- "$@"; }
+empty() { target/debug/examples/kloak-empty-probe "$lib" -- "$@"; }
 under() { # STRATEGY CMD...: the command under kloak run, its placeholder in every write
   local strategy=$1; shift
   "$kloak" --log error run --strategy "$strategy" --secret "BENCH=@$root/$out/secret" \

@@ -317,7 +317,7 @@ set +e
 timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg "${cpu_args[@]}" -m 3072 -smp 2 \
   -nographic -no-reboot -nic none -pidfile "$qemu_pidfile" \
   -kernel "$kernel" -initrd "$ir/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 mitigations=off" \
+  -append "console=ttyS0 quiet panic=-1" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs "local,path=$share,mount_tag=share,security_model=none" </dev/null 2>&1 |
   sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' |

@@ -24,11 +24,12 @@ pub mod probes {
     include!(concat!(env!("OUT_DIR"), "/probes.skel.rs"));
 }
 
+/// Benchmark only: the empty probes of `examples/kloak-empty-probe.rs`.
 pub mod bench {
     include!(concat!(env!("OUT_DIR"), "/bench.skel.rs"));
 }
 
-/// Test only: the segment dropper of `kloak-drop-first`.
+/// Test only: the segment dropper of `examples/kloak-drop-first.rs`.
 pub mod dropfirst {
     include!(concat!(env!("OUT_DIR"), "/dropfirst.skel.rs"));
 }

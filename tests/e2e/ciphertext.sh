@@ -41,7 +41,7 @@ missing=0
 [ "$(id -u)" -eq 0 ] || { fail prerequisites "the ciphertext scenarios need root"; summary; exit 1; }
 need "kloak binary $KLOAK (cargo build)" test -x "$KLOAK"
 need "kloak run --strategy (the ciphertext strategy)" sh -c '"$0" run --help | grep -q -- --strategy' "$KLOAK"
-need "segment dropper $DROPPER (cargo build)" test -x "$DROPPER"
+need "segment dropper $DROPPER (cargo build --examples)" test -x "$DROPPER"
 need "Go client $GOCLIENT (scripts/build-test-clients.sh)" test -x "$GOCLIENT"
 need "test certificates in $CERTS (scripts/build-test-clients.sh)" test -e "$CERTS/server.pem"
 need "curl" curl --version

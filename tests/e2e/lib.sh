@@ -20,7 +20,7 @@ e2e_paths() {
   ROOT=$(cd "$E2E/../.." && pwd)
   FIXTURES=$ROOT/tests/fixtures
   KLOAK=${KLOAK:-$ROOT/target/debug/kloak}
-  DROPPER=${KLOAK_DROP_FIRST:-$ROOT/target/debug/kloak-drop-first}
+  DROPPER=${KLOAK_DROP_FIRST:-$ROOT/target/debug/examples/kloak-drop-first}
   CLIENTS=${CLIENTS:-$ROOT/target/e2e}
   CERTS=$CLIENTS/certs
   WORK=${E2E_WORK:-$(mktemp -d "/tmp/$1.XXXXXX")}
